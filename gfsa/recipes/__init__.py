@@ -1,0 +1,1 @@
+"""LightningModules, one per kind of task (classification, language modelling, regression, ASR…)."""

@@ -1,0 +1,56 @@
+"""Classification recipe: images, sequences, sentence pairs; cross-entropy or the task's loss."""
+
+from __future__ import annotations
+
+import lightning as L
+
+from gfsa.recipes import common
+
+
+class ClassificationRecipe(L.LightningModule):
+    """Batches are dicts: ``labels`` plus the model's keyword inputs; the model returns logits."""
+
+    def __init__(self, model, task, optim: dict):
+        super().__init__()
+        self.model = model
+        self.task = task
+        self.optim = optim
+        self.val_metrics = task.metrics().clone(prefix="val/")
+
+    def forward(self, **inputs):
+        return self.model(**inputs)
+
+    def _step(self, batch):
+        batch = dict(batch)
+        labels = batch.pop("labels")
+        logits = self.model(**batch)
+        return logits, labels, self.task.loss(logits, labels)
+
+    def training_step(self, batch, batch_idx):
+        _, _, loss = self._step(self.task.train_batch(batch))
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        logits, labels, loss = self._step(batch)
+        self.val_metrics.update(*self.task.metric_inputs(logits, labels))
+        self.log("val/loss", loss, sync_dist=True, batch_size=len(labels))
+
+    def on_validation_epoch_end(self):
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.val_metrics.reset()
+
+    def configure_optimizers(self):
+        return common.configure_optimizers(self, self.model, self.optim)
+
+    def lr_scheduler_step(self, scheduler, metric):
+        common.lr_scheduler_step(self, scheduler, metric)
+
+    def configure_callbacks(self):
+        """Epoch timing for the results record; EMA weights when ``optim.ema_decay`` is set."""
+        callbacks = [common.EpochTimer()]
+        if self.optim.get("ema_decay"):
+            from gfsa.recipes.ema import ModelEMA
+
+            callbacks.append(ModelEMA(self.optim["ema_decay"], self.task))
+        return callbacks
