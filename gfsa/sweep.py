@@ -1,0 +1,518 @@
+"""``gfsa sweep``: big sweeps on Slurm without waiting for them.
+
+A multirun (``gfsa.layers=none,all seed=0,1,2``) or a paper table (``--table glue``) is expanded into
+cells; every cell's config is composed with Hydra's compose API and checked (``gfsa.train.validate``,
+registry names, data dirs, launcher vs ``trainer.devices``/``num_nodes``, Slurm and its partition) before
+anything is submitted. Then a manifest and an ``sbatch --array`` script (from ``slurm/sweep.sbatch``) go
+into a sweep directory, the array is submitted, and the command returns. ``--only-missing`` submits only
+the cells without a finished results record; ``--status`` counts done / running / failed / missing.
+
+Light on purpose: Hydra and the results records, never Lightning (which takes ~10 s to import), so a
+sweep of hundreds of cells is checked in seconds. The same checks guard ``python run.py -m
+hydra/launcher=slurm ...`` (:func:`preflight`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gfsa import results as R
+from gfsa.registry import BACKBONES, TASKS, ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = REPO / "slurm" / "sweep.sbatch"
+MANIFEST = "manifest.json"
+DEFAULT_LAUNCHER = "slurm"
+SLURM_TARGET = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+STATES = ("done", "running", "failed", "missing")
+
+
+@dataclass
+class Cell:
+    """One run of the sweep: the overrides its job passes to ``gfsa run`` and where its record lands."""
+
+    index: int
+    label: str
+    overrides: list[str]
+    run_dir: str
+
+
+@dataclass
+class Launcher:
+    """The Slurm resources of every array task, read from a ``conf/hydra/launcher`` preset."""
+
+    preset: str
+    target: str
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    timeout_min: int = 60
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: int | None = None
+    cpus_per_task: int | None = None
+    mem_gb: int | None = None
+    array_parallelism: int = 256
+    signal_delay_s: int = 120
+    setup: list[str] = field(default_factory=list)
+    additional_parameters: dict = field(default_factory=dict)
+
+    @property
+    def is_slurm(self) -> bool:
+        return self.target == SLURM_TARGET
+
+
+@dataclass
+class Plan:
+    cells: list[Cell]
+    launcher: Launcher
+    results_dir: Path
+    name: str
+
+
+# -- expanding ----------------------------------------------------------------------------------------
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _is_launcher(override: str) -> bool:
+    return _key(override) == "hydra/launcher" or _key(override).startswith("hydra.launcher.")
+
+
+def expand(overrides: list[str]) -> list[list[str]]:
+    """Hydra's multirun expansion (``a=1,2 b=x,y`` → 4 override lists, in Hydra's order)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise ConfigError(f"cannot parse the overrides: {str(e).splitlines()[0]}") from None
+    return [list(o) for o in BasicSweeper.split_arguments(parsed, None)[0]]
+
+
+def table_runs(table: str, extra: list[str], rows=None, columns=None, variants=None) -> list[tuple[str, list[str]]]:
+    """(label, overrides) per seed of each selected cell of a paper table, with ``extra`` added to each.
+    An extra override of a key that the cell sets to something else is a conflict, not a silent win;
+    an extra ``seed=`` replaces the table's seeds."""
+    from gfsa.experiments import EXPERIMENTS_DIR, TableError, load_table
+
+    path = Path(table) if table.endswith(".yaml") else EXPERIMENTS_DIR / f"{table}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")))
+        raise ConfigError(f"--table {table}: no such table; choose one of: {names} (files in experiments/)")
+    try:
+        cells = load_table(path).select(rows, columns, variants)
+    except TableError as e:
+        raise ConfigError(str(e)) from None
+    if not cells:
+        raise ConfigError(f"--table {table}: no cell matches --rows/--columns/--variants")
+    out = []
+    for varying, combo in labelled(expand(extra), empty="") if extra else [("", [])]:
+        for cell in cells:
+            theirs = {_key(o): o for o in cell.overrides}
+            for o in combo:
+                if _key(o) in theirs and theirs[_key(o)] != o:
+                    raise ConfigError(
+                        f"override {o} conflicts with {theirs[_key(o)]} of table cell {cell.id}: "
+                        "drop it, or choose cells with --rows/--columns/--variants"
+                    )
+            # seed=... among the extra overrides replaces the table's seeds (gfsa sweep glue seed=0,1,2)
+            seeds = [[]] if any(_key(o) == "seed" for o in combo) else [[s] for s in (r[-1] for r in cell.runs())]
+            for seed in seeds:
+                label = " ".join([f"{cell.row}/{cell.column}/{cell.variant}", *seed, varying]).strip()
+                out.append((label, [*cell.overrides, *[o for o in combo if o not in cell.overrides], *seed]))
+    return out
+
+
+# -- composing and checking ---------------------------------------------------------------------------
+def _launcher(hydra_launcher, preset: str) -> Launcher:
+    from omegaconf import OmegaConf
+
+    keys = {f for f in Launcher.__dataclass_fields__ if f not in ("preset", "target")}
+    values = {"target": str(hydra_launcher["_target_"])}
+    for k in keys:
+        if k in hydra_launcher:
+            v = hydra_launcher[k]
+            values[k] = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+    values["setup"] = list(values.get("setup") or [])
+    values["additional_parameters"] = dict(values.get("additional_parameters") or {})
+    return Launcher(preset=preset, **values)
+
+
+def _check_cell(cfg: dict, launcher: Launcher, label: str) -> None:
+    """Everything cheap that a job would otherwise find out on the cluster."""
+    from gfsa.train import validate
+
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"cell {label}: {e}") from None
+    for kind, name, table in (
+        ("task", cfg["task"].get("type"), TASKS),
+        ("backbone", cfg["backbone"].get("type"), BACKBONES),
+    ):
+        if name not in table:
+            raise ConfigError(f"cell {label}: unknown {kind} type '{name}'; known: {', '.join(sorted(table))}")
+    data_dir = cfg["task"].get("data_dir")
+    if data_dir and not Path(str(data_dir)).expanduser().exists():
+        raise ConfigError(f"cell {label}: task.data_dir={data_dir} does not exist: pass task.data_dir=<dir>")
+    trainer = cfg.get("trainer") or {}
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    if devices != launcher.tasks_per_node:
+        raise ConfigError(
+            f"hydra/launcher={launcher.preset} starts {launcher.tasks_per_node} task(s) per node but trainer.devices="
+            f"{devices}: pass trainer.devices={launcher.tasks_per_node} or hydra.launcher.tasks_per_node={devices} "
+            "(one srun task per device)"
+        )
+    if nodes != launcher.nodes:
+        raise ConfigError(
+            f"hydra/launcher={launcher.preset} asks for {launcher.nodes} node(s) but trainer.num_nodes={nodes}: "
+            f"pass trainer.num_nodes={launcher.nodes} or hydra.launcher.nodes={nodes}"
+        )
+
+
+def check_slurm(launcher: Launcher) -> None:
+    """Slurm is there and knows the partition, so ``sbatch`` cannot reject the array later."""
+    if not launcher.is_slurm:
+        return
+    if shutil.which("sbatch") is None:
+        raise ConfigError(
+            f"hydra/launcher={launcher.preset} needs Slurm but sbatch is not on PATH: run on a Slurm login node "
+            "(or start slurm/local-cluster.sh), or use hydra/launcher=local"
+        )
+    if launcher.partition:
+        out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, check=False, timeout=60)
+        known = sorted(set(out.stdout.split()))
+        if out.returncode:
+            raise ConfigError(f"sinfo failed ({out.stderr.strip()}): is the Slurm controller reachable?")
+        if launcher.partition not in known:
+            raise ConfigError(
+                f"hydra.launcher.partition={launcher.partition}: no such partition; choose one of: {', '.join(known)}"
+            )
+
+
+def plan(runs: list[tuple[str, list[str]]], name: str) -> Plan:
+    """Compose and check every run; cells that compute the same run are merged or rejected."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    from gfsa.train import CONF_DIR
+
+    cells: list[Cell] = []
+    by_dir: dict[str, Cell] = {}
+    launcher = None
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        for label, overrides in runs:
+            job = [o for o in overrides if not _is_launcher(o)]
+            if not any(_key(o) == "hydra/launcher" for o in overrides):
+                overrides = [f"hydra/launcher={DEFAULT_LAUNCHER}", *overrides]
+            preset = next(o.split("=", 1)[1] for o in overrides if _key(o) == "hydra/launcher")
+            try:
+                composed = compose("config", overrides=overrides, return_hydra_config=True)
+                this = _launcher(composed.hydra.launcher, preset)
+                with open_dict(composed):
+                    del composed["hydra"]
+                cfg = OmegaConf.to_container(composed, resolve=True)
+            except (HydraException, OmegaConfBaseException) as e:
+                lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+                raise ConfigError(f"cell {label}: {' '.join(lines[:2])}") from None
+            launcher = launcher or this
+            _check_cell(cfg, launcher, label)
+            results_dir = Path(cfg["paths"]["results_dir"]).resolve()
+            if not any(_key(o) == "with_baseline" for o in job):
+                job.append("with_baseline=false")  # baselines are cells of the sweep; two jobs never train one
+            job = [o for o in job if _key(o) != "paths.results_dir"] + [f"paths.results_dir={results_dir}"]
+            rdir = str(R.run_dir(cfg, results_dir))
+            if rdir in by_dir:
+                first = by_dir[rdir]
+                if sorted(first.overrides) != sorted(job):
+                    raise ConfigError(
+                        f"cells '{first.label}' and '{label}' compute the same run ({rdir}) with different overrides: "
+                        "drop one of them"
+                    )
+                continue  # the same run listed twice (e.g. one MNLI run scores two table columns)
+            cell = Cell(len(cells), label, job, rdir)
+            by_dir[rdir] = cell
+            cells.append(cell)
+    return Plan(cells, launcher, results_dir, name)
+
+
+def labelled(combos: list[list[str]], empty: str = "(one cell)") -> list[tuple[str, list[str]]]:
+    """(label, overrides) per cell; the label is what varies across the sweep."""
+    common = set.intersection(*(set(c) for c in combos)) if combos else set()
+    return [(" ".join(o for o in c if o not in common and not _is_launcher(o)) or empty, c) for c in combos]
+
+
+def preflight(args: list[str]) -> Plan | None:
+    """``python run.py -m hydra/launcher=<preset> ...``: check every cell before hydra-submitit submits."""
+    overrides = [a for a in args if not a.startswith("-")]
+    if not any(_key(o) == "hydra/launcher" for o in overrides):
+        return None
+    p = plan(labelled(expand(overrides)), "multirun")
+    check_slurm(p.launcher)
+    return p
+
+
+# -- the sweep directory ------------------------------------------------------------------------------
+def _digest(cells: list[Cell]) -> str:
+    return hashlib.sha1(json.dumps([c.run_dir for c in cells]).encode()).hexdigest()[:8]
+
+
+def sbatch_lines(launcher: Launcher, n: int, sweep: Path) -> list[str]:
+    lines = {
+        "job-name": f"gfsa-{sweep.name}",
+        "array": f"0-{n - 1}%{launcher.array_parallelism}",
+        "partition": launcher.partition,
+        "account": launcher.account,
+        "qos": launcher.qos,
+        "time": launcher.timeout_min,
+        "nodes": launcher.nodes,
+        "ntasks-per-node": launcher.tasks_per_node,
+        "gpus-per-node": launcher.gpus_per_node or None,
+        "cpus-per-task": launcher.cpus_per_task,
+        "mem": f"{launcher.mem_gb}G" if launcher.mem_gb else None,
+        "signal": f"USR1@{launcher.signal_delay_s}",
+        "open-mode": "append",
+        "output": str(sweep / "logs" / "%A_%a.out"),
+        "chdir": os.getcwd(),
+    }
+    for k, v in launcher.additional_parameters.items():
+        lines[k.replace("_", "-")] = v
+    out = []
+    for k, v in lines.items():
+        if v is True:
+            out.append(f"#SBATCH --{k}")
+        elif v not in (None, False, ""):
+            out.append(f"#SBATCH --{k}={v}")
+    return out
+
+
+def write_script(p: Plan, cells: list[Cell], sweep: Path, number: int) -> Path:
+    text = TEMPLATE.read_text()
+    fields = {
+        "sbatch": "\n".join(sbatch_lines(p.launcher, len(cells), sweep)),
+        "setup": "\n".join(p.launcher.setup),
+        "cells": "\n".join("  " + shlex.quote(shlex.join(c.overrides)) for c in cells),
+        "python": shlex.quote(sys.executable),
+        "status_dir": str(sweep / "status"),
+    }
+    for k, v in fields.items():
+        text = text.replace("{{" + k + "}}", v)
+    path = sweep / f"submit-{number}.sbatch"
+    path.write_text(text)
+    return path
+
+
+def load_manifest(sweep: Path) -> dict:
+    try:
+        return json.loads((sweep / MANIFEST).read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"{sweep} is not a sweep directory (no readable {MANIFEST})") from None
+
+
+def submit(p: Plan, sweep: Path, only_missing: bool) -> tuple[str | None, list[Cell]]:
+    """Write the manifest and the array script, submit it; returns (job id, submitted cells)."""
+    cells = [c for c in p.cells if not (only_missing and _finished(c))]
+    sweep.mkdir(parents=True, exist_ok=True)
+    for d in ("logs", "status"):
+        (sweep / d).mkdir(exist_ok=True)
+    manifest = json.loads((sweep / MANIFEST).read_text()) if (sweep / MANIFEST).is_file() else {"submissions": []}
+    manifest.update(
+        schema=1,
+        name=p.name,
+        results_dir=str(p.results_dir),
+        launcher=asdict(p.launcher),
+        cells=[asdict(c) for c in p.cells],
+    )
+    job = None
+    if cells:
+        script = write_script(p, cells, sweep, len(manifest["submissions"]))
+        out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=False)
+        if out.returncode:
+            raise ConfigError(f"sbatch rejected {script}: {out.stderr.strip()}")
+        job = out.stdout.strip().split(";")[0]
+        manifest["submissions"].append(
+            {"job_id": job, "script": script.name, "cells": [c.index for c in cells], "at": time.strftime("%FT%T%z")}
+        )
+    R.atomic_write_json(sweep / MANIFEST, manifest)
+    return job, cells
+
+
+# -- status -------------------------------------------------------------------------------------------
+def _finished(cell: Cell | dict) -> bool:
+    rec = R.load_record(cell.run_dir if isinstance(cell, Cell) else cell["run_dir"])
+    return rec is not None and rec.get("status") == "finished"
+
+
+def _queue(job_ids: list[str]) -> dict[str, str]:
+    """``<job>_<task>`` → Slurm state for the sweep's tasks still known to the controller."""
+    if not job_ids or shutil.which("squeue") is None:
+        return {}
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i %T"], capture_output=True, text=True, check=False
+    )
+    return dict(line.split() for line in out.stdout.splitlines() if len(line.split()) == 2)
+
+
+def _accounting(job_ids: list[str]) -> dict[str, str]:
+    """Final states from sacct where the cluster keeps accounting ({} where it does not)."""
+    if not job_ids or shutil.which("sacct") is None:
+        return {}
+    out = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-j", ",".join(job_ids), "-o", "JobID,State"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode:
+        return {}
+    return dict(line.split("|", 1) for line in out.stdout.splitlines() if "|" in line)
+
+
+def status(sweep: Path) -> list[dict]:
+    """Per cell: state (done | running | failed | missing) and what it is based on."""
+    manifest = load_manifest(sweep)
+    latest: dict[int, str] = {}
+    for sub in manifest["submissions"]:
+        for task, index in enumerate(sub["cells"]):
+            latest[index] = f"{sub['job_id']}_{task}"
+    jobs = sorted({s["job_id"] for s in manifest["submissions"]})
+    queue, acct = _queue(jobs), _accounting(jobs)
+    rows = []
+    for cell in manifest["cells"]:
+        task = latest.get(cell["index"])
+        exit_file = sweep / "status" / f"{task}.exit"
+        log = sweep / "logs" / f"{task}.out"
+        if _finished(cell):
+            state, why = "done", "finished record"
+        elif task is None:
+            state, why = "missing", "never submitted"
+        elif task in queue:
+            state, why = "running", queue[task].lower()
+        elif task in acct and acct[task].split()[0] in ("PENDING", "RUNNING", "REQUEUED", "SUSPENDED"):
+            state, why = "running", acct[task].lower()
+        elif task in acct:
+            state, why = "failed", f"{acct[task].split()[0].lower()} without a record"
+        elif exit_file.is_file():
+            state, why = "failed", f"exit {exit_file.read_text().strip()} without a record"
+        elif log.is_file():
+            state, why = "failed", "ended without a record (see its log)"
+        else:
+            state, why = "missing", "not in the queue and never started"
+        rows.append({"index": cell["index"], "label": cell["label"], "state": state, "why": why, "task": task})
+    return rows
+
+
+# -- command line -------------------------------------------------------------------------------------
+def _print_cells(p: Plan, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("#", "cell", "run directory", "record"):
+        table.add_column(col)
+    for c in p.cells:
+        rel = os.path.relpath(c.run_dir, p.results_dir)
+        table.add_row(str(c.index), c.label, rel, "finished" if _finished(c) else "—")
+    Console().print(table)
+
+
+def _print_status(sweep: Path, rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"sweep {sweep}")
+    for col in ("#", "cell", "state", "slurm task", "why"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["index"]), r["label"], r["state"], r["task"] or "—", r["why"])
+    console = Console()
+    console.print(table)
+    counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
+    console.print(", ".join(f"{s} {n}" for s, n in counts.items()))
+
+
+def _names(value: str) -> list[str]:
+    return [v for v in value.split(",") if v]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gfsa sweep",
+        description="Expand a multirun or a paper table into cells, check them all, submit one sbatch --array "
+        "and return (docs/scale_out.md).",
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="Hydra overrides; a,b,c sweeps; hydra/launcher=<preset> (default slurm)"
+    )
+    p.add_argument(
+        "--table",
+        help="a paper table: name in experiments/ (glue, imagenet, …) or a .yaml path; also the first argument",
+    )
+    p.add_argument("--rows", type=_names, help="table rows to run, comma-separated (default all)")
+    p.add_argument("--columns", type=_names, help="table columns to run, comma-separated (default all)")
+    p.add_argument("--variants", type=_names, help="table variants to run, comma-separated (default all)")
+    p.add_argument("--dir", type=Path, help="sweep directory (default <results_dir>/.sweeps/<name>-<hash of cells>)")
+    p.add_argument("--only-missing", action="store_true", help="submit only the cells without a finished record")
+    p.add_argument("--dry-run", action="store_true", help="check and print the cells; submit nothing")
+    p.add_argument("--status", type=Path, metavar="SWEEP_DIR", help="count done / running / failed / missing cells")
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.status:
+        rows = status(args.status)
+        _print_status(args.status, rows)
+        return
+    first = args.overrides[0] if args.overrides else ""
+    if not args.table and first and "=" not in first and not first.startswith(("~", "+")):
+        args.table = args.overrides.pop(0)  # `gfsa sweep glue ...`: a table name, as experiments/README.md writes
+    if args.table:
+        name = Path(args.table).stem
+        runs = table_runs(args.table, args.overrides, args.rows, args.columns, args.variants)
+    else:
+        if args.rows or args.columns or args.variants:
+            raise ConfigError("--rows/--columns/--variants select cells of a --table")
+        name = "sweep"
+        runs = labelled(expand(args.overrides))
+    p = plan(runs, name)
+    sweep = (args.dir or p.results_dir / ".sweeps" / f"{name}-{_digest(p.cells)}").resolve()
+    if args.dry_run:
+        _print_cells(p, f"{len(p.cells)} cells, hydra/launcher={p.launcher.preset}, sweep dir {sweep} (dry run)")
+        return
+    if not p.launcher.is_slurm:
+        raise ConfigError(
+            f"hydra/launcher={p.launcher.preset} is not a Slurm preset: gfsa sweep submits to Slurm; "
+            "run local sweeps with python run.py -m"
+        )
+    check_slurm(p.launcher)
+    job, cells = submit(p, sweep, args.only_missing)
+    if job is None:
+        print(f"nothing to submit: all {len(p.cells)} cells have finished records ({sweep})")
+        return
+    print(f"submitted {len(cells)} of {len(p.cells)} cells as Slurm array job {job}")
+    print(f"sweep dir: {sweep}")
+    print(f"follow it: gfsa sweep --status {sweep}")
+
+
+def main_cli(argv: list[str]) -> None:
+    """``gfsa sweep``: overrides and options mix freely; bad input is one line and exit code 2."""
+    try:
+        main(parser().parse_intermixed_args(argv))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
