@@ -1,0 +1,171 @@
+"""The oversmoothing analysis: analytic properties of the measurements, capture on timm and BERT
+(padding left out), ``gfsa analyze`` on checkpoints the tests train, and the training callback's W&B log."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import transformers as tf
+from digits_runs import digits_runs
+
+import gfsa
+from gfsa import analysis as A
+from gfsa import results as R
+from gfsa.methods import apply_method
+from gfsa.patch import UnsupportedModelError
+
+# --------------------------------------------------------------------------------------------------
+# analytic tests of the measurements
+
+
+def test_uniform_attention_passes_only_the_dc_component():
+    lam = A.frequency_response(torch.full((7, 7), 1 / 7, dtype=torch.float64))
+    torch.testing.assert_close(lam, torch.tensor([1.0] + [0.0] * 6, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_identity_passes_every_frequency():
+    torch.testing.assert_close(A.frequency_response(torch.eye(6)), torch.ones(6, dtype=torch.float64))
+
+
+def test_response_is_the_dft_quadratic_form():
+    h = torch.rand(2, 5, 5)
+    n = 5
+    j = torch.arange(n, dtype=torch.float64)
+    basis = torch.exp(2j * torch.pi * j[:, None] * j[None, :] / n) / n**0.5  # column k is f_k
+    expected = torch.einsum("jk,bjl,lk->bk", basis.conj(), h.to(torch.complex128), basis).abs()
+    torch.testing.assert_close(A.frequency_response(h), expected)
+
+
+def test_gfsa_dc_gain_is_w0_plus_w1_plus_wK():
+    a = torch.softmax(torch.randn(3, 8, 8), dim=-1)  # row-stochastic, 3 heads
+    w0, w1, wK = 0.1, 1.0, torch.tensor([0.2, -0.3, 0.5])
+    h = gfsa.gfsa_filter(a, w0, w1, wK, K=3)
+    torch.testing.assert_close(A.frequency_response(h)[:, 0], (w0 + w1 + wK).double(), atol=1e-6, rtol=0)
+
+
+def test_token_measurements():
+    same = torch.randn(1, 5).repeat(4, 1)
+    assert float(A.cosine_similarity(same)) == pytest.approx(1.0)
+    assert float(A.hf_energy_ratio(same)) == pytest.approx(0.0, abs=1e-12)
+    orth = torch.eye(4)  # orthogonal tokens: cosine 0; mean (¼,…): DC energy 4·(4/16) = 1, total 4 → ratio 3
+    assert float(A.cosine_similarity(orth)) == pytest.approx(0.0)
+    assert float(A.hf_energy_ratio(orth)) == pytest.approx(3.0)
+    rank1 = torch.outer(torch.randn(6, dtype=torch.float64), torch.randn(4, dtype=torch.float64))
+    torch.testing.assert_close(
+        A.singular_spectrum(rank1), torch.tensor([1.0, 0, 0, 0], dtype=torch.float64), atol=1e-9, rtol=0
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# capture on models
+
+
+def test_capture_on_bert_leaves_padding_out_and_sees_gfsa():
+    torch.manual_seed(0)
+    cfg = tf.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, initializer_range=0.5, num_labels=2)  # fmt: skip
+    net = tf.BertForSequenceClassification(cfg).eval()
+    ids = torch.randint(5, 50, (1, 7))
+    padded = {"input_ids": torch.cat([ids, torch.zeros(1, 3, dtype=torch.long)], 1),
+              "attention_mask": torch.tensor([[1] * 7 + [0] * 3])}  # fmt: skip
+
+    def measure(model, batch):
+        with torch.no_grad(), A.Capture(model) as cap:
+            cap.batch(batch)
+            model(**batch)
+        return cap.summary()
+
+    alone, with_padding = measure(net, {"input_ids": ids}), measure(net, padded)
+    assert net.config._attn_implementation == "sdpa"  # restored after the capture
+    for a, b in zip(alone["layers"], with_padding["layers"], strict=True):
+        assert a["cosine_similarity"] == pytest.approx(b["cosine_similarity"], abs=1e-5)
+        assert a["frequency_response"] == pytest.approx(b["frequency_response"], abs=1e-5)
+        assert a["dc_gain"] == pytest.approx(1.0)
+    patched = gfsa.patch(copy.deepcopy(net), layers=[1], w0=0.2, wK=0.3)
+    rows = measure(patched, padded)["layers"]
+    assert rows[0]["dc_gain"] == pytest.approx(1.0) and rows[1]["dc_gain"] == pytest.approx(1.5)
+
+
+def test_capture_sees_attnscale_and_unsupported_families_fail_in_one_line():
+    net = timm.create_model("vit_tiny_patch16_224", img_size=8, patch_size=2, embed_dim=32, depth=2, num_heads=2,
+                            in_chans=1, num_classes=3).eval()  # fmt: skip
+    apply_method(net, "attnscale", init=0.5)
+    with torch.no_grad(), A.Capture(net) as cap:
+        cap.batch(None)
+        net(torch.randn(2, 1, 8, 8))
+    rows = cap.summary()["layers"]
+    assert [r["dc_gain"] for r in rows] == pytest.approx([1.0, 1.0])  # the DC part is kept
+    assert all(r["hf_gain"] > 0 for r in rows)
+    cait = timm.create_model("cait_xxs24_224", img_size=8, patch_size=2, embed_dim=32, depth=2, num_heads=2, in_chans=1)
+    with pytest.raises(UnsupportedModelError, match="gfsa analyze supports timm ViT/DeiT") as e:
+        A.Capture(cait)
+    assert "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# gfsa analyze on trained checkpoints, and the callback during training
+
+
+def test_analyze_a_trained_run_against_its_baseline(tmp_path):
+    runs = digits_runs()
+    rec = runs["gfsa"]
+    out = A.analyze(str(Path(rec["run_dir"]) / "checkpoints" / "last.ckpt"), batches=1, out=str(tmp_path))
+    assert set(out) == {"baseline", "gfsa"} and out["baseline"]["run_dir"] == runs["baseline"]["run_dir"]
+    saved = json.loads((tmp_path / "analysis.json").read_text())
+    assert saved["gfsa"]["layers"][0].keys() >= {"frequency_response", "cosine_similarity", "hf_energy_ratio"}
+    assert {p.name for p in tmp_path.glob("*.png")} == {"frequency_response.png", "oversmoothing.png"}
+    n_tokens = 17  # 8×8 digits in 2×2 patches + the class token
+    assert saved["gfsa"]["normalized_frequency"] == pytest.approx([k / n_tokens for k in range(n_tokens // 2 + 1)])
+    for i, row in enumerate(saved["gfsa"]["layers"]):  # λ0 = w0 + w1 + wK, averaged over heads
+        coeffs = rec["gfsa"]["coefficients"][f"net.blocks.{i}.attn.gfsa"]
+        dc = sum(w0 + w1 + wk for w0, w1, wk in zip(coeffs["w0"], coeffs["w1"], coeffs["wK"], strict=True)) / 4
+        assert row["dc_gain"] == pytest.approx(dc, abs=1e-5)
+        assert saved["baseline"]["layers"][i]["dc_gain"] == pytest.approx(1.0)
+    assert (
+        len(saved["gfsa"]["last_layer_singular_values"]) == n_tokens
+        and saved["gfsa"]["last_layer_singular_values"][0] == 1.0
+    )
+
+
+def test_analyze_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    runs = digits_runs()
+    unsupported = tmp_path / "cait-run"
+    shutil.copytree(runs["baseline"]["run_dir"], unsupported)
+    record = R.load_record(unsupported)
+    record["config"]["backbone"] = {"name": "cait_mini", "type": "timm", "model": "cait_xxs24_224", "pretrained": False,
+                                    "kwargs": {"patch_size": 2, "embed_dim": 32, "depth": 2, "num_heads": 2}}  # fmt: skip
+    R.atomic_write_json(unsupported / R.RECORD, record)
+    (tmp_path / "empty").mkdir()
+    for path, message in (
+        (tmp_path / "empty", "no readable result.json"),
+        (tmp_path / "nowhere", "does not exist"),
+        (unsupported, "gfsa analyze supports timm ViT/DeiT"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            A.main_cli([str(path)])
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_callback_logs_measurements_and_coefficients_to_wandb():
+    from wandb_log import logged
+
+    runs = digits_runs()
+    for variant in ("baseline", "gfsa"):
+        rec = runs[variant]
+        (path,) = Path(rec["run_dir"]).glob("wandb/offline-run-*/run-*.wandb")
+        _, values = logged(path)
+        for i in range(6):
+            assert 0 < values[f"analysis/cosine_similarity/layer_{i}"] < 1
+            assert values[f"analysis/hf_energy_ratio/layer_{i}"] > 0
+        assert values["analysis/dc_gain/layer_0"] == pytest.approx(1.0 if variant == "baseline" else 1.3, abs=0.05)
+    _, values = logged(next(Path(runs["gfsa"]["run_dir"]).glob("wandb/offline-run-*/run-*.wandb")))
+    assert values["analysis/wK/net.blocks.5.attn.gfsa/head_3"] == pytest.approx(
+        runs["gfsa"]["gfsa"]["coefficients"]["net.blocks.5.attn.gfsa"]["wK"][3], abs=1e-6
+    )
