@@ -299,7 +299,7 @@ _FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # ``auto`` on CPU without dropout: the explicit-A blocks up to this length, the flash kernel above it
 # (crossover of forward+backward time measured on this suite's 2-core CPU; docs/performance.md).
 # Causal attention crosses over earlier: the flash kernel skips the masked half, explicit blocks do not.
-AUTO_EXPLICIT_MAX_LEN = {"full": 1536, "causal": 512}
+AUTO_EXPLICIT_MAX_LEN = {"full": 2048, "causal": 512}
 
 
 def auto_impl(query: Tensor, dropout_p: float = 0.0, is_causal: bool = False) -> str:
@@ -546,14 +546,15 @@ def gfsa_linear_attention(
 ) -> Tensor:
     """GFSA on Efficient Attention in O(n·d²) time and O(n·d) memory, shape (B, H, L, Dv).
 
-    ``A·X = ρ_q·(ρ_kᵀ·X)`` costs O(n·d²), so ``H·V = w0·V + A·(c1·V + c2·A·V)`` never forms the n×n
-    ``A`` (the paper's appendix: GFSA on a linear Transformer). With ``w0=0, w1=1, wK=0`` it is plain
-    Efficient Attention.
+    With ``A = ρ_q·ρ_kᵀ``, ``A² = ρ_q·(ρ_kᵀ·ρ_q)·ρ_kᵀ``, so ``H·V = w0·V + ρ_q·(c1·I + c2·M)·(ρ_kᵀ·V)``
+    with the d×d matrix ``M = ρ_kᵀ·ρ_q``: three n·d² products (plain Efficient Attention has two) and no
+    n×n or extra n×d tensor (the paper's appendix: GFSA on a linear Transformer). With ``w0=0, w1=1,
+    wK=0`` it is plain Efficient Attention.
     """
-    _check_K(K)
+    w0, c1, c2 = filter_coefficients(w0, w1, wK, K)
     rho_q, rho_k = efficient_attention_features(query, key, key_padding_mask)
-
-    def attend(x: Tensor) -> Tensor:
-        return rho_q @ (rho_k.transpose(-2, -1) @ x)
-
-    return _filtered(attend, value, *filter_coefficients(w0, w1, wK, K))
+    rho_k_t = rho_k.transpose(-2, -1)
+    context = rho_k_t @ value  # (B, H, d, Dv): what every row of A·V mixes
+    second = None if _is_zero(c2) else (rho_k_t @ rho_q) @ context
+    out = rho_q @ _combine(context, [(c1, context), (c2, second)])
+    return _combine(out, [(1, out), (w0, value)])

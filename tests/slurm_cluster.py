@@ -22,15 +22,6 @@ SCRIPT = REPO / "slurm" / "local-cluster.sh"
 CLUSTER_DIR = Path(os.environ.get("GFSA_SLURM_DIR", "/tmp/gfsa-slurm"))
 SLURM_CONF = CLUSTER_DIR / "etc" / "slurm.conf"
 GFSA = str(Path(PYTHON).parent / "gfsa") if Path(PYTHON).parent.joinpath("gfsa").exists() else "gfsa"
-# Tiny CPU runs on the built-in digits task; one thread so that runs in and out of Slurm compute alike.
-FAST = [
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.accelerator=cpu",
-    "logger=none",
-]
 
 
 @pytest.fixture(scope="session")

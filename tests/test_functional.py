@@ -21,13 +21,8 @@ IMPLS = ("fused", "materialized", "auto")
 
 
 @pytest.fixture(autouse=True)
-def _seed_one_thread():
-    # Tiny tensors on 2 shared cores: one thread avoids OpenMP oversubscription stalls.
+def _seed():
     torch.manual_seed(0)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def rand(*shape, dtype=F64, requires_grad=False):

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, REPO
-from slurm_cluster import FAST, Reference, env, gfsa, manifest, queue, slurm, wait_for, wait_idle  # noqa: F401
+from conftest import FAST, PYTHON, REPO
+from slurm_cluster import Reference, env, gfsa, manifest, queue, slurm, wait_for, wait_idle  # noqa: F401
 from test_resume import _comparable
 from wandb_log import logged
 
