@@ -10,7 +10,11 @@ import gfsa
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="gfsa", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="gfsa",
+        description="GFSA suite: train, sweep, report on and benchmark GFSA runs (`gfsa COMMAND --help`).",
+        epilog="examples: gfsa run backbone=deit task=imagenet gfsa.layers=selected | gfsa layers selected 12",
+    )
     parser.add_argument("--version", action="version", version=f"gfsa {gfsa.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", help="train one config (Hydra overrides follow, as for run.py)", add_help=False)

@@ -11,10 +11,11 @@ against the naive formula (float64 gradcheck):
   kernel directly (both passes share one logsumexp; the backward saves only n×d tensors); elsewhere,
   or for inputs SDPA would not send to that kernel, two ``scaled_dot_product_attention`` calls.
 - ``materialized``: ``A`` formed explicitly. Without dropout, per block of heads inside an
-  autograd.Function that recomputes it in the backward (10 instead of 14 n²·d FLOPs, O(n) saved
-  memory); with dropout, for the whole batch, as the official code's dropout semantics need.
+  autograd.Function (10 instead of 14 n²·d FLOPs) that keeps ``A`` for the backward while n ≤ 4·d and
+  recomputes it above (then O(n·d) saved memory); with dropout, for the whole batch, as the official
+  code's dropout semantics need.
 - ``auto``: ``materialized`` with attention dropout (exact official semantics); otherwise the faster
-  of the two for the shape: on CPU the explicit blocks up to 1536 tokens (512 causal) and the flash
+  of the two for the shape: on CPU the explicit blocks up to 2048 tokens (512 causal) and the flash
   kernel above (crossover measured on a 2-core CPU: docs/performance.md), on GPU ``fused``.
 
 ``gfsa_linear_attention`` is GFSA on Efficient Attention (a linear Transformer), O(n·d²).
