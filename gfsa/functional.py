@@ -15,8 +15,8 @@ against the naive formula (float64 gradcheck):
   recomputes it above (then O(n·d) saved memory); with dropout, for the whole batch, as the official
   code's dropout semantics need.
 - ``auto``: ``materialized`` with attention dropout (exact official semantics); otherwise the faster
-  of the two for the shape: on CPU the explicit blocks up to 2048 tokens (512 causal) and the flash
-  kernel above (crossover measured on a 2-core CPU: docs/performance.md), on GPU ``fused``.
+  of the two for the shape: on CPU the explicit blocks up to 2048 tokens (1024 in bf16/fp16; 512
+  causal) and the flash kernel above (crossover measured on a 2-core CPU: docs/performance.md), on GPU ``fused``.
 
 ``gfsa_linear_attention`` is GFSA on Efficient Attention (a linear Transformer), O(n·d²).
 
@@ -300,16 +300,22 @@ _FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # ``auto`` on CPU without dropout: the explicit-A blocks up to this length, the flash kernel above it
 # (crossover of forward+backward time measured on this suite's 2-core CPU; docs/performance.md).
 # Causal attention crosses over earlier: the flash kernel skips the masked half, explicit blocks do not.
-AUTO_EXPLICIT_MAX_LEN = {"full": 2048, "causal": 512}
+# In bf16/fp16 the explicit blocks fall behind sooner (at 2048 tokens: 2.9× SDPA against fused's 2.1×).
+AUTO_EXPLICIT_MAX_LEN = {
+    "fp32": {"full": 2048, "causal": 512},
+    "half": {"full": 1024, "causal": 512},
+}
 
 
 def auto_impl(query: Tensor, dropout_p: float = 0.0, is_causal: bool = False) -> str:
-    """``auto``: the official dropout semantics need A; otherwise the faster exact path for this shape."""
+    """``auto``: the official dropout semantics need A; otherwise the faster exact path for this shape,
+    device and dtype (``query.dtype``: under autocast the projections already return bf16/fp16)."""
     if dropout_p > 0:
         return "materialized"
     if query.device.type != "cpu":
         return "fused"
-    return "materialized" if query.shape[-2] <= AUTO_EXPLICIT_MAX_LEN["causal" if is_causal else "full"] else "fused"
+    table = AUTO_EXPLICIT_MAX_LEN["half" if query.dtype in (torch.bfloat16, torch.float16) else "fp32"]
+    return "materialized" if query.shape[-2] <= table["causal" if is_causal else "full"] else "fused"
 
 
 def _slice(t, b: slice, h: slice):

@@ -331,7 +331,7 @@ def test_auto_picks_the_faster_exact_path_by_length_and_materialized_with_dropou
     args = (q, k, v, 0.1, 1.0, rand(H), 3)
     kind = "causal" if is_causal else "full"
     for limit, expected in ((L, "materialized"), (L - 1, "fused")):
-        monkeypatch.setitem(functional.AUTO_EXPLICIT_MAX_LEN, kind, limit)
+        monkeypatch.setitem(functional.AUTO_EXPLICIT_MAX_LEN["fp32"], kind, limit)
         auto = gfsa_attention(*args, is_causal=is_causal, impl="auto")
         assert torch.equal(auto, gfsa_attention(*args, is_causal=is_causal, impl=expected)), limit
     results = {}
@@ -341,6 +341,24 @@ def test_auto_picks_the_faster_exact_path_by_length_and_materialized_with_dropou
     assert torch.equal(results["auto"], results["materialized"])
     # The fused path drops out each SDPA pass instead: same regularisation, different numbers.
     assert not torch.allclose(results["fused"], results["materialized"])
+
+
+def test_auto_crossover_depends_on_dtype_and_causality(monkeypatch):
+    """bf16/fp16 use their own (shorter) crossover; fp64 uses the fp32 one; other devices always fuse."""
+    monkeypatch.setitem(functional.AUTO_EXPLICIT_MAX_LEN, "fp32", {"full": 64, "causal": 16})
+    monkeypatch.setitem(functional.AUTO_EXPLICIT_MAX_LEN, "half", {"full": 32, "causal": 16})
+    for dtype, L, is_causal, expected in [
+        (torch.float32, 48, False, "materialized"),
+        (F64, 48, False, "materialized"),
+        (torch.bfloat16, 48, False, "fused"),
+        (torch.float16, 32, False, "materialized"),
+        (torch.float32, 48, True, "fused"),
+        (torch.float32, 80, False, "fused"),
+    ]:
+        q = torch.zeros(1, 2, L, 8, dtype=dtype)
+        assert functional.auto_impl(q, 0.0, is_causal) == expected, (dtype, L, is_causal)
+    assert functional.auto_impl(torch.zeros(1, 2, 48, 8, device="meta"), 0.0, False) == "fused"
+    assert functional.auto_impl(torch.zeros(1, 2, 4096, 8), 0.1, False) == "materialized"  # dropout
 
 
 @pytest.mark.parametrize("K", [0, -1, 0.5, True, "3"])
