@@ -42,7 +42,6 @@ BACKBONES: dict[str, str] = {
 RECIPES: dict[str, str] = {
     "classification": "gfsa.recipes.classification:ClassificationRecipe",
     "lm": "gfsa.recipes.lm:CausalLMRecipe",
-    "graph": "gfsa.recipes.graph:GraphRecipe",
     "asr": "gfsa.recipes.asr:ASRRecipe",
 }
 

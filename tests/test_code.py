@@ -87,7 +87,9 @@ def test_code_task_runs_end_to_end(code, results_dir, task, backbone, layers):
     init = "pretrained" if backbone in ("plbart", "codet5_small") else "random"  # saved weights load too
     rec = run(compose(_overrides(code, backbone, task, f"gfsa.layers={layers}", init=init), results_dir))
     metrics = {"acc"} if task == "devign" else {"precision", "recall", "f1"}
-    _check_record(rec, task, metrics, "up", _added(backbone, layers))
+    # valid (selects the epoch) and test (the paper's number) are scored in the same validation pass
+    metrics |= {f"test_{m}" for m in metrics}
+    _check_record(rec, task, metrics, "up", _added(backbone, layers), losses=("loss", "test_loss"))
     assert rec["primary_metric"] == ("acc" if task == "devign" else "f1") and rec["selected_by"] == "best"
 
 
@@ -165,7 +167,23 @@ def test_clone_validation_sample_is_fixed(code):
     tasks = [CloneTask(OmegaConf.create(cfg | {"val_fraction": 0.5})) for _ in range(2)]
     for t in tasks:
         t.setup("fit")
-    assert len(tasks[0].val_set) == 12 and torch.equal(tasks[0].val_set.pairs, tasks[1].val_set.pairs)
+    (valid0, test0), (valid1, test1) = (t.val_sets for t in tasks)
+    assert len(valid0) == 12 and torch.equal(valid0.pairs, valid1.pairs)  # half of the 24 validation pairs
+    assert len(test0) == 12 and torch.equal(test0.pairs, test1.pairs)  # all 12 test pairs: never sampled
+
+
+def test_code_eval_splits_select_on_the_first(code, results_dir):
+    """task.eval_splits=[test] scores only test.jsonl (no test_ metrics); a bad split name is one line."""
+    from gfsa.registry import ConfigError
+
+    rec = run(
+        compose(_overrides(code, "roberta", "devign", "gfsa.layers=none", "task.eval_splits=[test]"), results_dir)
+    )
+    assert set(rec["metrics"]) == {"acc", "loss"}
+    with pytest.raises(ConfigError, match=r"task.eval_splits=\['valid', 'dev'\]: use distinct names from valid, test"):
+        run(compose(_overrides(code, "roberta", "devign", "task.eval_splits=[valid,dev]"), results_dir))
+    with pytest.raises(ConfigError, match="use distinct names"):
+        run(compose(_overrides(code, "roberta", "devign", "task.eval_splits=[test,test]"), results_dir))
 
 
 # --------------------------------------------------------------------------------------------------

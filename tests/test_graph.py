@@ -281,6 +281,23 @@ def test_missing_raw_files_and_bad_options_fail_before_any_run_dir(tmp_path, res
     assert not any(results_dir.iterdir())
 
 
+def test_failed_download_is_one_line_naming_the_missing_file(tmp_path, results_dir, monkeypatch):
+    """task.download=true without network: PyG's real download attempt fails (here: a refused local port)."""
+    from torch_geometric.datasets import ZINC
+
+    monkeypatch.setattr(ZINC, "url", "http://127.0.0.1:9/molecules.zip")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg = compose(
+        [*FAST, "backbone=graphormer_slim", "task=zinc", *TINY_GRAPHORMER, f"task.data_dir={empty}"], results_dir
+    )
+    with pytest.raises(
+        ConfigError, match=r"has no raw/train.pickle and downloading it failed \(URLError.*put the zinc files"
+    ):
+        run(cfg)
+    assert not any(results_dir.iterdir())
+
+
 # --------------------------------------------------------------------------------------------------
 # encodings, identity at init, metrics
 

@@ -5,7 +5,6 @@ classification recipe's."""
 from __future__ import annotations
 
 from gfsa.recipes.classification import ClassificationRecipe
-from gfsa.recipes.splits import SplitMetrics
 
 
 class ASRRecipe(ClassificationRecipe):
@@ -13,8 +12,6 @@ class ASRRecipe(ClassificationRecipe):
 
     def __init__(self, model, task, optim: dict):
         super().__init__(model, task, optim)
-        del self.val_metrics
-        self.split_metrics = SplitMetrics(task.metrics(), task.eval_splits)
         self.decoding = {
             "beam_size": int(task.cfg.get("beam_size", 1)),
             "ctc_weight": float(task.cfg.get("decode_ctc_weight", 0.0)),
@@ -34,6 +31,3 @@ class ASRRecipe(ClassificationRecipe):
         self.log(name, out["loss"], sync_dist=True, batch_size=len(batch["texts"]), add_dataloader_idx=False)
         hyps = self.model.decode(batch["features"], batch["feature_mask"], **self.decoding)
         self.split_metrics.update(dataloader_idx, [self.task.tokenizer.decode(h) for h in hyps], batch["texts"])
-
-    def on_validation_epoch_end(self):
-        self.log_dict(self.split_metrics.compute_and_reset(), prog_bar=True)

@@ -1,10 +1,15 @@
-"""Classification recipe: images, sequences, sentence pairs; cross-entropy or the task's loss."""
+"""Classification recipe: images, sequences, sentence pairs, graphs; cross-entropy or the task's loss.
+
+Validation scores every split in ``task.eval_splits`` (default: the one validation set) in one pass, so
+tasks whose papers report test numbers at the selected epoch (code, graphs, speech) record both.
+"""
 
 from __future__ import annotations
 
 import lightning as L
 
 from gfsa.recipes import common
+from gfsa.recipes.splits import SplitMetrics
 
 
 class ClassificationRecipe(L.LightningModule):
@@ -15,7 +20,7 @@ class ClassificationRecipe(L.LightningModule):
         self.model = model
         self.task = task
         self.optim = optim
-        self.val_metrics = task.metrics().clone(prefix="val/")
+        self.split_metrics = SplitMetrics(task.metrics(), list(getattr(task, "eval_splits", None) or ["val"]))
 
     def forward(self, **inputs):
         return self.model(**inputs)
@@ -31,14 +36,14 @@ class ClassificationRecipe(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         logits, labels, loss = self._step(batch)
-        self.val_metrics.update(*self.task.metric_inputs(logits, labels))
-        self.log("val/loss", loss, sync_dist=True, batch_size=len(labels))
+        self.split_metrics.update(dataloader_idx, *self.task.metric_inputs(logits, labels))
+        name = self.split_metrics.loss_name(dataloader_idx)
+        self.log(name, loss, sync_dist=True, batch_size=len(labels), add_dataloader_idx=False)
 
     def on_validation_epoch_end(self):
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
-        self.val_metrics.reset()
+        self.log_dict(self.split_metrics.compute_and_reset(), prog_bar=True)
 
     def configure_optimizers(self):
         return common.configure_optimizers(self, self.model, self.optim)

@@ -28,6 +28,6 @@ class CausalLMRecipe(ClassificationRecipe):
         total, count = token_nll(self.model(**batch), labels)
         return total, count, total / count.clamp(min=1)
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         total, count, _ = self._step(batch)
-        self.val_metrics.update(total, count)
+        self.split_metrics.update(dataloader_idx, total, count)

@@ -3,7 +3,10 @@
 Read as CodeT5's fine-tuning code (which the official GFSA code runs) reads them: whitespace in a
 function is collapsed (``' '.join(func.split())``), each function is truncated to
 ``task.max_length`` tokens, clone pairs whose ids are not in ``data.jsonl`` are skipped, and clone
-validation uses a 10% sample of the validation pairs (``task.val_fraction``; fixed sample).
+validation uses a 10% sample of the validation pairs (``task.val_fraction``; fixed sample; the test
+pairs are always scored in full). Both papers report test numbers at the best validation epoch, so
+``task.eval_splits`` (default ``[valid, test]``) are scored together: ``val/acc`` selects the epoch,
+``val/test_acc`` is the number to compare.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch.utils.data import Dataset
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryF1Score, BinaryPrecision, BinaryRecall
 
+from gfsa.recipes.splits import prefixed_directions
 from gfsa.registry import ConfigError
 from gfsa.tasks.text import TextTask, TokenizedTexts, read_jsonl
 
@@ -29,15 +33,22 @@ def normalize(code: str) -> str:
 
 
 class CodeTask(TextTask):
-    """Binary classification of code; ``task.eval_split`` (valid | test) is the scored split."""
+    """Binary classification of code, scored on every split of ``task.eval_splits`` (the first selects)."""
 
     num_classes = 2
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.eval_split = str(cfg.get("eval_split", "valid"))
-        if self.eval_split not in EVAL_SPLITS:
-            raise ConfigError(f"task.eval_split={self.eval_split}: choose one of {', '.join(EVAL_SPLITS)}")
+        self.eval_splits = [str(s) for s in (cfg.get("eval_splits") or EVAL_SPLITS)]
+        if any(s not in EVAL_SPLITS for s in self.eval_splits) or len(set(self.eval_splits)) != len(self.eval_splits):
+            raise ConfigError(
+                f"task.eval_splits={self.eval_splits}: use distinct names from {', '.join(EVAL_SPLITS)}, "
+                "the first selects the epoch (e.g. [valid, test])"
+            )
+        self.directions = prefixed_directions(type(self).directions, self.eval_splits)
+
+    def val_dataloader(self):
+        return [self._loader(ds, False) for ds in self.val_sets]
 
 
 class DefectTask(CodeTask):
@@ -45,8 +56,8 @@ class DefectTask(CodeTask):
 
     directions: ClassVar[dict[str, str]] = {"acc": "up", "loss": "down"}
 
-    def files(self) -> tuple[str, str]:
-        return "train.jsonl", f"{self.eval_split}.jsonl"
+    def files(self) -> tuple[str, ...]:
+        return "train.jsonl", *(f"{s}.jsonl" for s in self.eval_splits)
 
     def check(self) -> None:
         self.require_data_dir(*self.files())
@@ -65,8 +76,8 @@ class DefectTask(CodeTask):
         return TokenizedTexts.encode(self.tokenizer, funcs, None, self.max_length, torch.tensor(labels))
 
     def read(self) -> None:
-        train, val = self.files()
-        self.train_set, self.val_set = self._read(train), self._read(val)
+        train, *evals = self.files()
+        self.train_set, self.val_sets = self._read(train), [self._read(name) for name in evals]
 
     def metric_inputs(self, logits, labels):
         return logits.argmax(-1), labels
@@ -97,8 +108,8 @@ class CloneTask(CodeTask):
     primary_metric = "f1"
     directions: ClassVar[dict[str, str]] = {"f1": "up", "precision": "up", "recall": "up", "loss": "down"}
 
-    def files(self) -> tuple[str, str, str]:
-        return "data.jsonl", "train.txt", f"{self.eval_split}.txt"
+    def files(self) -> tuple[str, ...]:
+        return "data.jsonl", "train.txt", *(f"{s}.txt" for s in self.eval_splits)
 
     def check(self) -> None:
         self.require_data_dir(*self.files())
@@ -126,7 +137,7 @@ class CloneTask(CodeTask):
         return PairDataset(self.functions, t[:, :2], t[:, 2])
 
     def read(self) -> None:
-        data, train, val = self.files()
+        data, train, *_ = self.files()
         root = self.require_data_dir(*self.files())
         index, funcs = {}, []
         for _, record in read_jsonl(root / data, ("func", "idx")):
@@ -134,7 +145,10 @@ class CloneTask(CodeTask):
             funcs.append(normalize(record["func"]))
         self.functions = TokenizedTexts.encode(self.tokenizer, funcs, None, self.max_length)
         self.train_set = self._pairs(root / train, index, float(self.cfg.get("train_fraction", 1.0)))
-        self.val_set = self._pairs(root / val, index, float(self.cfg.get("val_fraction", 1.0)))
+        val_fraction = float(self.cfg.get("val_fraction", 1.0))  # a sample of valid only: test is scored in full
+        self.val_sets = [
+            self._pairs(root / f"{s}.txt", index, val_fraction if s == "valid" else 1.0) for s in self.eval_splits
+        ]
 
     def metric_inputs(self, logits, labels):
         return logits.softmax(-1)[:, 1], labels  # clone if p(clone) > 0.5, as the official evaluation

@@ -112,7 +112,7 @@ class GraphTask(Task):
     ``node_feature_dims`` / ``edge_feature_dims`` are the vocabulary sizes of the integer features.
     """
 
-    recipe = "graph"
+    recipe = "classification"  # with the task's loss and every split of task.eval_splits
     kind = "regression"
     num_outputs = 1
     node_feature_dims: tuple[int, ...] = ()
@@ -153,7 +153,16 @@ class GraphTask(Task):
         return StructuralEncodings(self.encodings, self.rwse_steps)
 
     def load(self) -> None:
-        self.splits = self.datasets(str(self.require_data_dir()), self.pre_transform())
+        try:
+            self.splits = self.datasets(str(self.require_data_dir()), self.pre_transform())
+        except OSError as e:  # includes URLError: task.download=true without network
+            missing = [f for f in self.raw_files() if not (self.require_data_dir() / f).exists()]
+            if not missing:
+                raise
+            raise ConfigError(
+                f"task.data_dir={self.cfg.data_dir} has no {missing[0]} and downloading it failed "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): put the {self.cfg.name} files there"
+            ) from None
         empty = [s for s in ("train", *self.eval_splits) if len(self.splits[s]) == 0]
         if empty:
             raise ConfigError(f"task.data_dir={self.cfg.data_dir}: the {empty[0]} split has no graphs")
