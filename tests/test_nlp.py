@@ -75,12 +75,14 @@ def _overrides(nlp, backbone: str, task: str, data_dir, *extra: str, init: str =
     ]
 
 
-def _check_record(rec: dict, task: str, metrics: set[str], direction: str, added: int) -> None:
+def _check_record(
+    rec: dict, task: str, metrics: set[str], direction: str, added: int, losses: tuple[str, ...] = ("loss",)
+) -> None:
     assert rec["status"] == "finished" and rec["task"] == task
-    assert set(rec["metrics"]) == metrics | {"loss"}
+    assert set(rec["metrics"]) == metrics | set(losses)
     for name in metrics:
         assert rec["metrics"][name]["direction"] == direction and math.isfinite(rec["metrics"][name]["value"])
-    assert rec["metrics"]["loss"]["direction"] == "down"
+    assert all(rec["metrics"][name]["direction"] == "down" for name in losses)
     assert rec["gfsa"]["added_parameters"] == added
     assert R.load_record(rec["run_dir"])["run_id"] == rec["run_id"]
 
@@ -355,6 +357,20 @@ def test_glue_row_with_missing_fields(nlp, results_dir, tmp_path):
     _fails(compose(_overrides(nlp, "roberta", "glue/rte", glue), results_dir), "RTE/train.tsv line 26", "fields")
 
 
+def test_qqp_skips_rows_with_missing_fields_and_counts_them(nlp, tmp_path):
+    """The official QQP TSVs hold a few short rows; transformers' processor skips them, and so does the suite."""
+    from gfsa.tasks.glue import GlueTask
+
+    glue = tmp_path / "glue"
+    shutil.copytree(nlp.glue / "QQP", glue / "QQP")
+    clean = GlueTask(compose(_overrides(nlp, "bert", "glue/qqp", glue)).task)
+    first, second, labels = clean.read_tsv("QQP/train.tsv")
+    with open(glue / "QQP" / "train.tsv", "a") as f:
+        f.write("900\t901\t902\ta question without its pair\n")
+    with pytest.warns(UserWarning, match=r"QQP/train.tsv: skipped 1 rows with missing fields"):
+        assert clean.read_tsv("QQP/train.tsv") == (first, second, labels)
+
+
 def test_unknown_hub_name_offline(nlp, results_dir):
     cfg = compose(
         [*_overrides(nlp, "bert", "glue/cola", nlp.glue), "backbone.pretrained=gfsa-tests/no-such-model"], results_dir
@@ -365,6 +381,15 @@ def test_unknown_hub_name_offline(nlp, results_dir):
 def test_hub_datasets_offline_name_data_dir(nlp, results_dir):
     _fails(compose(_overrides(nlp, "bert", "glue/cola", "null"), results_dir), "nyu-mll/glue", "task.data_dir=")
     _fails(compose(_overrides(nlp, "gpt2", "ptb", "null"), results_dir), "ptb_text_only", "task.data_dir=")
+
+
+def test_script_only_hub_dataset_names_data_dir(nlp, results_dir, tmp_path):
+    """datasets >= 4 refuses loading scripts (PTB's hub dataset is one) with a RuntimeError: still one line."""
+    script = tmp_path / "ptb_text_only"
+    script.mkdir()
+    (script / "ptb_text_only.py").write_text("import datasets\n")
+    cfg = compose([*_overrides(nlp, "gpt2", "ptb", "null"), f"task.hub.path={script}"], results_dir)
+    _fails(cfg, "RuntimeError", "scripts are no longer supported", "task.data_dir=<folder with ptb.train.txt>")
 
 
 def test_tokenizer_model_mismatch(nlp, results_dir):

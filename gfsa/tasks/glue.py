@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import sys
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,7 @@ class GlueSpec:
     val_files: tuple = ("dev.tsv",)
     hub_val: tuple = ("validation",)
     metrics: tuple = ("acc",)
+    skip_short_rows: bool = False  # QQP's TSVs hold a few rows with missing fields; transformers skips them
 
 
 NLI = ("entailment", "not_entailment")
@@ -48,7 +50,12 @@ SPECS = {
     "sst2": GlueSpec("SST-2", ("sentence",), "label", ("sentence",)),
     "mrpc": GlueSpec("MRPC", ("#1 String", "#2 String"), "Quality", ("sentence1", "sentence2"), metrics=("f1", "acc")),
     "qqp": GlueSpec(
-        "QQP", ("question1", "question2"), "is_duplicate", ("question1", "question2"), metrics=("f1", "acc")
+        "QQP",
+        ("question1", "question2"),
+        "is_duplicate",
+        ("question1", "question2"),
+        metrics=("f1", "acc"),
+        skip_short_rows=True,
     ),
     "stsb": GlueSpec(
         "STS-B", ("sentence1", "sentence2"), "score", ("sentence1", "sentence2"), metrics=("spearman", "pearson")
@@ -137,9 +144,12 @@ class GlueTask(TextTask):
                     raise ConfigError(f"{path}: header lacks {', '.join(missing)} (GLUE {spec.folder} layout)")
                 columns = [header.index(c) for c in columns]
             texts = [[] for _ in spec.text]
-            labels = []
+            labels, skipped = [], 0
             for n, row in enumerate(rows, 2 if spec.header else 1):
                 if not row:
+                    continue
+                if len(row) <= max(columns) and spec.skip_short_rows:
+                    skipped += 1
                     continue
                 if len(row) <= max(columns):
                     raise ConfigError(
@@ -148,6 +158,10 @@ class GlueTask(TextTask):
                 for out, c in zip(texts, columns, strict=False):
                     out.append(row[c])
                 labels.append(self._label(row[columns[-1]], f"{path} line {n}"))
+        if skipped:
+            warnings.warn(
+                f"{path}: skipped {skipped} rows with missing fields (as transformers' processor)", stacklevel=2
+            )
         if not labels:
             raise ConfigError(f"{path} has no examples")
         return texts[0], texts[1] if len(texts) > 1 else None, labels
@@ -158,7 +172,7 @@ class GlueTask(TextTask):
         path = str(self.cfg.get("hub_path") or "nyu-mll/glue")
         try:
             ds = datasets.load_dataset(path, self.glue_task, split=split)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: script-only datasets (datasets >= 4)
             raise ConfigError(
                 f"cannot load {path}/{self.glue_task} from the Hugging Face hub ({type(e).__name__}: "
                 f"{str(e).splitlines()[0] if str(e) else ''}): pass task.data_dir=<GLUE folder with {self.spec.folder}/train.tsv>"

@@ -94,7 +94,7 @@ class CausalLMTask(TextTask):
         hub = self.cfg.hub
         try:
             ds = datasets.load_dataset(str(hub.path), hub.get("name"), split=str(hub.splits[split]))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: script-only datasets (datasets >= 4)
             raise ConfigError(
                 f"cannot load {hub.path}/{hub.get('name')} from the Hugging Face hub ({type(e).__name__}: "
                 f"{str(e).splitlines()[0] if str(e) else ''}): pass task.data_dir=<folder with {self.cfg.files[split][0]}>"
