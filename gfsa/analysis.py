@@ -574,6 +574,8 @@ def print_summary(results: dict[str, dict]) -> None:
 
 def analyze(path: str, baseline: str | None = None, batches: int = 4, out: str | None = None) -> dict:
     """``gfsa analyze``: JSON and PNGs for a run (and its baseline, found beside it or given)."""
+    if batches < 1:
+        raise AnalyzeError(f"--batches {batches}: measure at least 1 validation batch")
     run_dir, record, ckpt = locate(path)
     runs = {}
     base_dir = Path(baseline) if baseline else baseline_of(run_dir, record)

@@ -84,6 +84,7 @@ class Run:
     record: dict
     key: str  # results.run_key: same config and seed = the same run
     group: str  # the run's config across seeds
+    view: dict | None = None  # match_view of the config (computed once, in collect)
 
     @property
     def seed(self):
@@ -121,8 +122,12 @@ class Collected:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, why)
 
 
+_HASHABLE = (str, int, float, bool, type(None))
+
+
 def _valid(record: dict | None) -> str | None:
-    """Why a parsed record cannot be reported (None when it can)."""
+    """Why a parsed record cannot be reported (None when it can): the fields the report reads must
+    have the types gfsa.train writes, so a foreign or half-written record is skipped, not a crash."""
     if record is None:
         return "not a results record (unreadable JSON or another schema)"
     if record.get("status") != "finished":
@@ -130,8 +135,30 @@ def _valid(record: dict | None) -> str | None:
     cfg = record.get("config")
     if not isinstance(cfg, dict) or not isinstance(cfg.get("backbone"), dict) or not isinstance(cfg.get("task"), dict):
         return "no resolved config"
+    for group in ("backbone", "task"):
+        if not isinstance(cfg[group].get("name"), str):
+            return f"config.{group}.name is not a string"
+    for group in ("gfsa", "method", "run"):
+        if cfg.get(group) is not None and not isinstance(cfg[group], dict):
+            return f"config.{group} is {type(cfg[group]).__name__}, not a mapping"
+    if not isinstance((cfg.get("run") or {}).get("ignore", []), list):
+        return "config.run.ignore is not a list"
     if not isinstance(record.get("metrics"), dict) or "pair_key" not in record:
         return "no metrics or pair_key"
+    for key in ("backbone", "task"):
+        if not isinstance(record.get(key), str):
+            return f"no top-level {key} name"
+    for key in ("pair_key", "seed", "variant", "primary_metric"):
+        if not isinstance(record.get(key), _HASHABLE):
+            return f"{key} is {type(record[key]).__name__}"
+    for key in ("gfsa", "best"):
+        if record.get(key) is not None and not isinstance(record[key], dict):
+            return f"{key} is {type(record[key]).__name__}, not a mapping"
+    if not isinstance(record.get("timing", {}), dict):
+        return f"timing is {type(record['timing']).__name__}, not a mapping"
+    for name, entry in R.selected_metrics(record).items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("value"), (int, float, type(None))):
+            return f"metric {name!r} is not a {{value, direction}} entry"
     return None
 
 
@@ -147,7 +174,12 @@ def collect(sources: Iterable[tuple[str, dict | None]]) -> Collected:
             out.skipped.append((source, why))
             continue
         cfg = record["config"]
-        run = Run(source, record, R.run_key(cfg), R.run_key({**cfg, "seed": None}))
+        try:  # anything _valid missed: a bad record is skipped, naming its file, not a crash of the report
+            run = Run(source, record, R.run_key(cfg), R.run_key({**cfg, "seed": None}), match_view(cfg))
+            _ = run.label, R.pair(record, record) if record.get("primary_metric") is not None else None
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            out.skipped.append((source, f"malformed record ({type(e).__name__}: {e})"))
+            continue
         old = by_key.get(run.key)
         if old is None:
             by_key[run.key] = run
@@ -464,7 +496,7 @@ def build(collected: Collected, tables: dict[str, Table], only: list[str] | None
             if pre is None or pre in names:
                 candidates.append(c)
     views = cell_views(candidates) if candidates and runs else {}
-    run_views = {r.key: match_view(r.record["config"]) for r in runs}
+    run_views = {r.key: r.view if r.view is not None else match_view(r.record["config"]) for r in runs}
     matched: set[str] = set()
     out: dict[str, tuple[Table, list[Row]]] = {}
     for t in tables.values():

@@ -142,15 +142,20 @@ def test_analyze_bad_input_is_one_line_exit_2(tmp_path, capsys):
                                     "kwargs": {"patch_size": 2, "embed_dim": 32, "depth": 2, "num_heads": 2}}  # fmt: skip
     R.atomic_write_json(unsupported / R.RECORD, record)
     (tmp_path / "empty").mkdir()
-    for path, message in (
-        (tmp_path / "empty", "no readable result.json"),
-        (tmp_path / "nowhere", "does not exist"),
-        (unsupported, "gfsa analyze supports timm ViT/DeiT"),
+    out = tmp_path / "out"
+    good = [runs["gfsa"]["run_dir"], "--out", str(out)]
+    for args, message in (
+        ([str(tmp_path / "empty")], "no readable result.json"),
+        ([str(tmp_path / "nowhere")], "does not exist"),
+        ([str(unsupported)], "gfsa analyze supports timm ViT/DeiT"),
+        ([*good, "--batches", "0"], "--batches 0: measure at least 1 validation batch"),
+        ([*good, "--batches", "-2"], "--batches -2: measure at least 1 validation batch"),
     ):
         with pytest.raises(SystemExit) as e:
-            A.main_cli([str(path)])
+            A.main_cli(args)
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not out.exists()  # no empty JSON or plots written
 
 
 def test_callback_logs_measurements_and_coefficients_to_wandb():

@@ -69,8 +69,9 @@ def write_record(root: Path, overrides: list[str], acc: float, step: float, fini
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """Two results dirs of a toy sweep with a copied run, a corrupt and a foreign record, a run
-    without a record (still training) and two runs that match no cell."""
+    """Two results dirs of a toy sweep with a copied run, a corrupt and a foreign record, three
+    schema-1 records with bad fields, a run without a record (still training) and two runs that match
+    no cell."""
     tmp_path = tmp_path_factory.mktemp("sweep")
     tables = tmp_path / "experiments"
     tables.mkdir()
@@ -87,6 +88,15 @@ def sweep(tmp_path_factory):
     (a / "broken" / R.RECORD).write_text("{half a record")
     (a / "foreign").mkdir()
     (a / "foreign" / R.RECORD).write_text(json.dumps({"schema": 99, "accuracy": 1}))
+    good = json.loads((gfsa_dir / R.RECORD).read_text())  # schema-1 records with bad fields, else a valid run
+    bad = {
+        "gfsa_str": {**good, "config": {**good["config"], "gfsa": "all"}},  # config.gfsa.get → AttributeError
+        "no_backbone": {k: v for k, v in good.items() if k != "backbone"},  # record["backbone"] → KeyError
+        "step_str": {**good, "timing": {"step_time_s": "slow"}},  # passes _valid; pairing raises TypeError
+    }
+    for name, record in bad.items():
+        (a / name).mkdir()
+        (a / name / R.RECORD).write_text(json.dumps(record))
     (a / "vit_mini" / "digits" / "gfsa-selected-K3-seed0-unfinished" / "checkpoints").mkdir(parents=True)
     write_record(a, ["gfsa.layers=none", "trainer.max_epochs=2"], 0.50, 0.10)  # not the cell's config
     write_record(a, ["gfsa.layers=all", "trainer.max_epochs=2"], 0.55, 0.15)
@@ -97,9 +107,15 @@ def test_report_tables_have_exact_numbers(sweep, tmp_path):
     messages = []
     rep = rp.run(sweep["dirs"], out=str(tmp_path), experiments_dir=sweep["experiments"], echo=messages.append)
     c = rep.collected
-    assert c.read == 13 and len(c.runs) == 10 and len(c.duplicates) == 1 and len(c.skipped) == 2
-    assert {Path(s).parent.name for s, _ in c.skipped} == {"broken", "foreign"}
-    assert any("skipped" in m and "broken" in m for m in messages)  # the warning names the file
+    assert c.read == 16 and len(c.runs) == 10 and len(c.duplicates) == 1 and len(c.skipped) == 5
+    bad = {"broken", "foreign", "gfsa_str", "no_backbone", "step_str"}
+    assert {Path(s).parent.name for s, _ in c.skipped} == bad
+    why = {Path(s).parent.name: w for s, w in c.skipped}
+    assert "config.gfsa is str" in why["gfsa_str"] and "top-level backbone" in why["no_backbone"]
+    assert "malformed record (TypeError" in why["step_str"]
+    for name in bad:  # each warning names the file
+        path = str(Path(sweep["dirs"][0]) / name / R.RECORD)
+        assert any(m.startswith(f"warning: skipped {path}:") for m in messages), (name, messages)
     assert any("duplicate" in m and str(sweep["gfsa_copy"]) in m for m in messages)
 
     _, rows = rep.tables["toy"]
@@ -215,7 +231,7 @@ def test_cli_prints_the_tables_without_importing_lightning(sweep, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "LIGHTNING_LOADED False" in out.stdout
     assert "Toy table (vit_mini on digits)" in out.stdout and "83.00 ± 1.00" in out.stdout
-    assert "10 runs from 13 records (1 duplicates counted once, 2 skipped)" in out.stdout
+    assert "10 runs from 16 records (1 duplicates counted once, 5 skipped)" in out.stdout
     assert "warning: skipped" in out.stdout and "broken" in out.stdout
 
 
