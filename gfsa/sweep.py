@@ -5,7 +5,8 @@ cells; every cell's config is composed with Hydra's compose API and checked (``g
 registry names, data dirs, launcher vs ``trainer.devices``/``num_nodes``, Slurm and its partition) before
 anything is submitted. Then a manifest and an ``sbatch --array`` script (from ``slurm/sweep.sbatch``) go
 into a sweep directory, the array is submitted, and the command returns. ``--only-missing`` submits only
-the cells without a finished results record; ``--status`` counts done / running / failed / missing.
+the cells without a finished results record that are not still queued or running (``--force``: those too);
+``--status`` counts done / running / failed / missing.
 
 Light on purpose: Hydra and the results records, never Lightning (which takes ~10 s to import), so a
 sweep of hundreds of cells is checked in seconds. The same checks guard ``python run.py -m
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gfsa import results as R
+from gfsa.layers import LayerSpecError, select_layers
 from gfsa.registry import BACKBONES, TASKS, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +37,26 @@ MANIFEST = "manifest.json"
 DEFAULT_LAUNCHER = "slurm"
 SLURM_TARGET = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
 STATES = ("done", "running", "failed", "missing")
+# Lightning's accepted trainer.precision values (lightning.fabric.connector._PRECISION_INPUT, Lightning 2.x),
+# hard-coded so that checking a sweep never imports Lightning; tests/test_sweep.py compares them.
+PRECISIONS = (
+    64,
+    32,
+    16,
+    "64",
+    "32",
+    "16",
+    "bf16",
+    "16-true",
+    "16-mixed",
+    "bf16-true",
+    "bf16-mixed",
+    "32-true",
+    "64-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+)
+ANY_DEPTH = 1_000_000  # gfsa.layers is checked for its syntax only: the model's depth is known on the cluster
 
 
 @dataclass
@@ -165,11 +187,28 @@ def _check_cell(cfg: dict, launcher: Launcher, label: str) -> None:
     ):
         if name not in table:
             raise ConfigError(f"cell {label}: unknown {kind} type '{name}'; known: {', '.join(sorted(table))}")
+    layers = (cfg.get("gfsa") or {}).get("layers")
+    try:
+        select_layers(layers, ANY_DEPTH)
+    except LayerSpecError as e:
+        raise ConfigError(f"cell {label}: {str(e).replace(f' on this {ANY_DEPTH}-layer model', '')}") from None
+    precision = (cfg.get("trainer") or {}).get("precision")
+    if precision is not None and (isinstance(precision, bool) or precision not in PRECISIONS):
+        raise ConfigError(
+            f"cell {label}: trainer.precision={precision!r} is not a Lightning precision: "
+            "use one of 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, 64-true"
+        )
     data_dir = cfg["task"].get("data_dir")
     if data_dir and not Path(str(data_dir)).expanduser().exists():
         raise ConfigError(f"cell {label}: task.data_dir={data_dir} does not exist: pass task.data_dir=<dir>")
     trainer = cfg.get("trainer") or {}
     devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    if isinstance(devices, bool) or not isinstance(devices, int):
+        raise ConfigError(
+            f"hydra/launcher={launcher.preset} starts {launcher.tasks_per_node} task(s) per node but trainer.devices="
+            f"{devices}: set trainer.devices to an integer equal to tasks_per_node (trainer.devices="
+            f"{launcher.tasks_per_node}; one srun task per device)"
+        )
     if devices != launcher.tasks_per_node:
         raise ConfigError(
             f"hydra/launcher={launcher.preset} starts {launcher.tasks_per_node} task(s) per node but trainer.devices="
@@ -192,15 +231,36 @@ def check_slurm(launcher: Launcher) -> None:
             f"hydra/launcher={launcher.preset} needs Slurm but sbatch is not on PATH: run on a Slurm login node "
             "(or start slurm/local-cluster.sh), or use hydra/launcher=local"
         )
-    if launcher.partition:
-        out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, check=False, timeout=60)
-        known = sorted(set(out.stdout.split()))
-        if out.returncode:
-            raise ConfigError(f"sinfo failed ({out.stderr.strip()}): is the Slurm controller reachable?")
-        if launcher.partition not in known:
-            raise ConfigError(
-                f"hydra.launcher.partition={launcher.partition}: no such partition; choose one of: {', '.join(known)}"
-            )
+    known = _partitions()
+    if launcher.partition and launcher.partition not in known:
+        raise ConfigError(
+            f"hydra.launcher.partition={launcher.partition}: no such partition; choose one of: {', '.join(known)}"
+        )
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def _partitions(timeout: float = 30) -> list[str]:
+    """The controller's partitions (``sinfo``); one line naming the fix when no controller answers."""
+
+    def unreachable(why: str) -> ConfigError:
+        return ConfigError(
+            f"Slurm controller not reachable ({why}): start it (slurm/local-cluster.sh start) or set SLURM_CONF"
+        )
+
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not Path(conf).is_file():  # sinfo would retry for a minute
+        raise unreachable(f"SLURM_CONF={conf} is not a file")
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise unreachable(f"sinfo got no answer in {timeout:.0f} s") from None
+    if out.returncode:
+        raise unreachable(f"sinfo: {_last_line(out.stderr)}")
+    return sorted(set(out.stdout.split()))
 
 
 def plan(runs: list[tuple[str, list[str]]], name: str) -> Plan:
@@ -324,9 +384,22 @@ def load_manifest(sweep: Path) -> dict:
         raise ConfigError(f"{sweep} is not a sweep directory (no readable {MANIFEST})") from None
 
 
-def submit(p: Plan, sweep: Path, only_missing: bool) -> tuple[str | None, list[Cell]]:
-    """Write the manifest and the array script, submit it; returns (job id, submitted cells)."""
+def _queued(sweep: Path) -> set[str]:
+    """Run directories of the cells of an earlier submission to ``sweep`` that are still queued or running."""
+    if not (sweep / MANIFEST).is_file():
+        return set()
+    by_index = {c["index"]: c["run_dir"] for c in load_manifest(sweep)["cells"]}
+    return {by_index[r["index"]] for r in status(sweep) if r["state"] == "running"}
+
+
+def submit(p: Plan, sweep: Path, only_missing: bool, force: bool = False) -> tuple[str | None, list[Cell], int]:
+    """Write the manifest and the array script, submit it; returns (job id, submitted cells, cells skipped
+    because they are still queued or running). If sbatch fails, what this call wrote is removed."""
     cells = [c for c in p.cells if not (only_missing and _finished(c))]
+    queued = _queued(sweep) if only_missing and not force else set()
+    skipped = sum(c.run_dir in queued for c in cells)
+    cells = [c for c in cells if c.run_dir not in queued]
+    created = next((d for d in reversed([sweep, *sweep.parents]) if not d.exists()), None)
     sweep.mkdir(parents=True, exist_ok=True)
     for d in ("logs", "status"):
         (sweep / d).mkdir(exist_ok=True)
@@ -343,13 +416,20 @@ def submit(p: Plan, sweep: Path, only_missing: bool) -> tuple[str | None, list[C
         script = write_script(p, cells, sweep, len(manifest["submissions"]))
         out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=False)
         if out.returncode:
-            raise ConfigError(f"sbatch rejected {script}: {out.stderr.strip()}")
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            else:
+                script.unlink(missing_ok=True)
+            raise ConfigError(
+                f"sbatch failed, nothing submitted ({_last_line(out.stderr)}): check the Slurm settings of "
+                f"hydra/launcher={p.launcher.preset} (hydra.launcher.<key>=...)"
+            )
         job = out.stdout.strip().split(";")[0]
         manifest["submissions"].append(
             {"job_id": job, "script": script.name, "cells": [c.index for c in cells], "at": time.strftime("%FT%T%z")}
         )
     R.atomic_write_json(sweep / MANIFEST, manifest)
-    return job, cells
+    return job, cells, skipped
 
 
 # -- status -------------------------------------------------------------------------------------------
@@ -467,13 +547,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", type=_names, help="table columns to run, comma-separated (default all)")
     p.add_argument("--variants", type=_names, help="table variants to run, comma-separated (default all)")
     p.add_argument("--dir", type=Path, help="sweep directory (default <results_dir>/.sweeps/<name>-<hash of cells>)")
-    p.add_argument("--only-missing", action="store_true", help="submit only the cells without a finished record")
+    p.add_argument(
+        "--only-missing",
+        action="store_true",
+        help="submit only the cells without a finished record that are not still queued or running",
+    )
+    p.add_argument("--force", action="store_true", help="with --only-missing: also resubmit queued or running cells")
     p.add_argument("--dry-run", action="store_true", help="check and print the cells; submit nothing")
     p.add_argument("--status", type=Path, metavar="SWEEP_DIR", help="count done / running / failed / missing cells")
     return p
 
 
 def main(args: argparse.Namespace) -> None:
+    if args.force and not args.only_missing:
+        raise ConfigError("--force goes with --only-missing (resubmit cells that are still queued or running)")
     if args.status:
         rows = status(args.status)
         _print_status(args.status, rows)
@@ -500,11 +587,14 @@ def main(args: argparse.Namespace) -> None:
             "run local sweeps with python run.py -m"
         )
     check_slurm(p.launcher)
-    job, cells = submit(p, sweep, args.only_missing)
+    job, cells, skipped = submit(p, sweep, args.only_missing, args.force)
+    still = f"; skipped {skipped} still queued or running (--force resubmits them)" if skipped else ""
     if job is None:
-        print(f"nothing to submit: all {len(p.cells)} cells have finished records ({sweep})")
+        print(
+            f"nothing to submit: {len(p.cells) - skipped} of {len(p.cells)} cells have finished records{still} ({sweep})"
+        )
         return
-    print(f"submitted {len(cells)} of {len(p.cells)} cells as Slurm array job {job}")
+    print(f"submitted {len(cells)} of {len(p.cells)} cells as Slurm array job {job}{still}")
     print(f"sweep dir: {sweep}")
     print(f"follow it: gfsa sweep --status {sweep}")
 

@@ -11,9 +11,11 @@ the gradients are the same up to the order of float sums. Tolerances:
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import FAST, PYTHON, REPO
 from slurm_cluster import Reference, gfsa, manifest, slurm, wait_idle  # noqa: F401
 
 from gfsa import results as R
@@ -64,3 +66,17 @@ def test_two_srun_ranks_match_one_process_with_the_doubled_batch(tmp_path):
         assert round(d["metrics"]["acc"] * 362) - round(o["metrics"]["acc"] * 361) in (0, 1)
         assert d["metrics"]["loss"] == pytest.approx(o["metrics"]["loss"], abs=5e-3)
     assert one["metrics"]["acc"]["value"] > 0.2  # it learned something (chance is 0.1)
+
+
+@pytest.mark.timeout(300)
+def test_local_launcher_starts_the_ranks_without_slurm(tmp_path):
+    """hydra/launcher=local: submitit's local executor starts 2 tasks; gfsa.train gives them the
+    torch.distributed variables from submitit's job environment, and Lightning joins them (gloo)."""
+    launcher = ["hydra/launcher=local", "hydra.launcher.tasks_per_node=2", "trainer.devices=2"]
+    cmd = [PYTHON, "run.py", "-m", *launcher, *FAST, "gfsa.layers=selected", f"paths.results_dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=280, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (record,) = [r for _, r in R.iter_records(tmp_path)]
+    assert record["world_size"] == 2 and record["global_batch_size"] == 2 * record["config"]["task"]["batch_size"]
+    logs = "".join(p.read_text() for p in tmp_path.glob(".multirun/*/.submitit/*/*_log.*"))
+    assert "Starting with 2 processes" in logs and "distributed_backend=gloo" in logs

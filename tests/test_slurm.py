@@ -82,6 +82,30 @@ def test_gfsa_sweep_returns_at_once_then_only_missing_resubmits_one_cell(tmp_pat
     print(f"gfsa sweep returned in {submit_s:.1f} s")
 
 
+@pytest.mark.timeout(300)
+def test_only_missing_skips_cells_still_queued_unless_forced(tmp_path):
+    """A job holding every CPU keeps the sweep's cells pending: --only-missing must not submit them again
+    (two jobs would train into the same run directory); --force does."""
+    cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], env=env(), capture_output=True, text=True, check=True)
+    hold = ["sbatch", "--parsable", "-c", cpus.stdout.split()[0], "-o", "/dev/null", "--wrap", "sleep 300"]
+    blocker = subprocess.run(hold, env=env(), capture_output=True, text=True, check=True).stdout.split(";")[0].strip()
+    jobs: list[str] = []
+    try:
+        args = ["sweep", "hydra/launcher=slurm_cpu", *FAST, "seed=0,1", f"paths.results_dir={tmp_path}"]
+        sweep = _sweep_dir(gfsa(*args))
+        again = gfsa(*args, "--only-missing")
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "nothing to submit" in again.stdout and "skipped 2 still queued or running" in again.stdout
+        assert len(manifest(sweep)["submissions"]) == 1
+        forced = gfsa(*args, "--only-missing", "--force")
+        assert "submitted 2 of 2 cells" in forced.stdout, forced.stderr[-2000:]
+        jobs = [sub["job_id"] for sub in manifest(sweep)["submissions"]]
+        assert len(jobs) == 2
+    finally:
+        subprocess.run(["scancel", blocker, *jobs], env=env(), check=False)
+        wait_idle([blocker, *jobs], 120)
+
+
 @pytest.mark.timeout(420)
 def test_time_limit_warning_and_preemption_checkpoint_requeue_and_resume_to_the_same_metrics(tmp_path):
     """Attempt 0 gets the time-limit warning (USR1), attempt 1 is preempted by a job of the `urgent`
@@ -124,10 +148,23 @@ def test_time_limit_warning_and_preemption_checkpoint_requeue_and_resume_to_the_
 
 
 NO_SLURM = {"PATH": str(Path(sys.executable).parent)}  # this venv's tools only: no sbatch
+NO_CONF = {"SLURM_CONF": "/nonexistent"}
+DOWN = {"SLURM_CONF": "<the cluster's slurm.conf with a port no controller listens on>"}  # see _down_conf
 BAD = [  # (command, arguments, environment, message); run.py -m runs the same checks as gfsa sweep
     ("gfsa sweep", [], NO_SLURM, "sbatch is not on PATH"),
     ("run.py -m", [], NO_SLURM, "sbatch is not on PATH"),
+    ("gfsa sweep", [], NO_CONF, "Slurm controller not reachable (SLURM_CONF=/nonexistent is not a file): start it"),
+    ("run.py -m", [], NO_CONF, "Slurm controller not reachable (SLURM_CONF=/nonexistent is not a file): start it"),
+    ("gfsa sweep", [], DOWN, "Slurm controller not reachable (sinfo: slurm_load_partitions: Unable to contact"),
     ("gfsa sweep", ["hydra.launcher.partition=nope"], {}, "partition=nope: no such partition; choose one of: debug"),
+    (
+        "gfsa sweep",
+        ["+hydra.launcher.additional_parameters.constraint=nope"],
+        {},
+        "sbatch failed, nothing submitted (sbatch: error: ",
+    ),
+    ("gfsa sweep", ["gfsa.layers=none,sometimes"], {}, "gfsa.layers='sometimes': unknown spec"),
+    ("run.py -m", ["trainer.precision=banana"], {}, "trainer.precision='banana' is not a Lightning precision"),
     ("gfsa sweep", ["gfsa.layers=none", "gfsa.K=3,4"], {}, "compute the same run"),
     ("gfsa sweep", ["hydra.launcher.tasks_per_node=2"], {}, "starts 2 task(s) per node but trainer.devices=1"),
     ("run.py -m", ["hydra.launcher.tasks_per_node=2"], {}, "starts 2 task(s) per node but trainer.devices=1"),
@@ -147,15 +184,25 @@ BAD = [  # (command, arguments, environment, message); run.py -m runs the same c
     ids=[
         "sweep-no-slurm",
         "multirun-no-slurm",
+        "sweep-no-slurm-conf",
+        "multirun-no-slurm-conf",
+        "sweep-controller-down",
         "sweep-partition",
+        "sweep-sbatch-rejects",
+        "sweep-layers",
+        "multirun-precision",
         "sweep-same-run",
         "sweep-tasks",
         "multirun-tasks",
         "sweep-table",
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_submits_nothing(tmp_path, command, args, extra_env, message):
+def test_bad_input_is_one_line_exit_2_and_submits_nothing(
+    tmp_path, tmp_path_factory, command, args, extra_env, message
+):
     before = set(queue())
+    if extra_env is DOWN:
+        extra_env = {"SLURM_CONF": _down_conf(tmp_path_factory.mktemp("down") / "slurm.conf")}
     full = ["hydra/launcher=slurm_cpu", *FAST, *args, f"paths.results_dir={tmp_path}"]
     if command == "gfsa sweep":
         out = gfsa("sweep", *full, env=env(**extra_env))
@@ -173,3 +220,12 @@ def test_bad_input_is_one_line_exit_2_and_submits_nothing(tmp_path, command, arg
     assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-2000:]
     assert message in lines[0]
     assert set(queue()) <= before and not any(tmp_path.iterdir()), "nothing may be submitted or written"
+
+
+def _down_conf(path: Path) -> str:
+    """A copy of the running cluster's slurm.conf whose controller port nothing listens on."""
+    from slurm_cluster import SLURM_CONF
+
+    lines = SLURM_CONF.read_text().splitlines()
+    path.write_text("\n".join("SlurmctldPort=16999" if ln.startswith("SlurmctldPort=") else ln for ln in lines) + "\n")
+    return str(path)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
 from conftest import CONF_DIR, FAST, PYTHON, REPO
 
 from gfsa.console import group_options
-from gfsa.sweep import expand, plan, table_runs
+from gfsa.registry import ConfigError
+from gfsa.sweep import PRECISIONS, expand, plan, table_runs
 
 
 def test_every_launcher_preset_composes_and_leaves_requeue_to_gfsa():
@@ -51,4 +53,53 @@ def test_dry_run_prints_the_cells_without_importing_lightning(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "3 cells" in out.stdout and "seed=2" in out.stdout and out.stdout.strip().endswith("LIGHT")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("gfsa.layers=sometimes", "gfsa.layers='sometimes': unknown spec; use none | all"),
+        ("gfsa.layers=first:x", "'x' is not a layer count"),
+        ("gfsa.layers=[1,a]", "list items must be integers"),
+        ("trainer.precision=banana", "trainer.precision='banana' is not a Lightning precision: use one of 32-true"),
+        ("trainer.precision=8", "trainer.precision=8 is not a Lightning precision"),
+        ("trainer.devices=auto", "set trainer.devices to an integer equal to tasks_per_node (trainer.devices=1"),
+    ],
+)
+def test_a_bad_cell_is_rejected_before_submission(tmp_path, override, message):
+    overrides = ["hydra/launcher=slurm_cpu", *FAST, override, f"paths.results_dir={tmp_path}"]
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
+        plan([("c", overrides)], "t")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "override", ["gfsa.layers=last:3", "gfsa.layers=[1,-1]", "gfsa.layers=first:40", "trainer.precision=bf16-mixed"]
+)
+def test_valid_layer_specs_and_precisions_pass_whatever_the_depth(tmp_path, override):
+    plan([("c", ["hydra/launcher=slurm_cpu", *FAST, override, f"paths.results_dir={tmp_path}"])], "t")
+
+
+def test_the_hard_coded_precisions_are_lightnings():
+    from typing import get_args
+
+    from lightning.fabric.connector import _PRECISION_INPUT
+
+    assert set(PRECISIONS) == {v for group in get_args(_PRECISION_INPUT) for v in get_args(group)}
+
+
+@pytest.mark.timeout(120)
+def test_dry_run_rejects_a_bad_cell_in_one_line(tmp_path):
+    args = ["sweep", "--dry-run", "hydra/launcher=slurm_cpu", *FAST, "gfsa.layers=none,sometimes"]
+    out = subprocess.run(
+        [PYTHON, "-m", "gfsa.cli", *args, f"paths.results_dir={tmp_path}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=100,
+    )
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and "gfsa.layers='sometimes'" in lines[0], out.stderr[-2000:]
     assert not any(tmp_path.iterdir())
