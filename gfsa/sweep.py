@@ -215,6 +215,13 @@ def _check_cell(cfg: dict, launcher: Launcher, label: str) -> None:
             f"{devices}: pass trainer.devices={launcher.tasks_per_node} or hydra.launcher.tasks_per_node={devices} "
             "(one srun task per device)"
         )
+    gpus = launcher.gpus_per_node or 0
+    if gpus and trainer.get("accelerator") != "cpu" and launcher.tasks_per_node > gpus:
+        raise ConfigError(
+            f"hydra/launcher={launcher.preset} starts {launcher.tasks_per_node} task(s) per node on {gpus} GPU(s): "
+            f"pass hydra.launcher.gpus_per_node={launcher.tasks_per_node} or lower tasks_per_node and trainer.devices "
+            "(one GPU per task)"
+        )
     if nodes != launcher.nodes:
         raise ConfigError(
             f"hydra/launcher={launcher.preset} asks for {launcher.nodes} node(s) but trainer.num_nodes={nodes}: "

@@ -65,10 +65,21 @@ def test_dry_run_prints_the_cells_without_importing_lightning(tmp_path):
         ("trainer.precision=banana", "trainer.precision='banana' is not a Lightning precision: use one of 32-true"),
         ("trainer.precision=8", "trainer.precision=8 is not a Lightning precision"),
         ("trainer.devices=auto", "set trainer.devices to an integer equal to tasks_per_node (trainer.devices=1"),
+        (
+            [
+                "hydra/launcher=slurm_gpu4",
+                "trainer.devices=4",
+                "trainer.accelerator=gpu",
+                "hydra.launcher.gpus_per_node=2",
+            ],
+            "starts 4 task(s) per node on 2 GPU(s): pass hydra.launcher.gpus_per_node=4",
+        ),
     ],
 )
 def test_a_bad_cell_is_rejected_before_submission(tmp_path, override, message):
-    overrides = ["hydra/launcher=slurm_cpu", *FAST, override, f"paths.results_dir={tmp_path}"]
+    extra = override if isinstance(override, list) else [override]
+    launcher = [] if any(o.startswith("hydra/launcher=") for o in extra) else ["hydra/launcher=slurm_cpu"]
+    overrides = [*launcher, *FAST, *extra, f"paths.results_dir={tmp_path}"]
     with pytest.raises(ConfigError, match=re.escape(message)) as e:
         plan([("c", overrides)], "t")
     assert "\n" not in str(e.value)
