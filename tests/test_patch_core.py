@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from patch_helpers import coefficient_modules
 from torch import nn
 
 import gfsa
@@ -97,10 +98,6 @@ def toy_inputs(dtype=torch.float32):
     keep_c = torch.ones(B, 1, 1, S, dtype=torch.bool)
     keep_c[0, ..., 7:] = False
     return x, c, keep, keep_c
-
-
-def coefficient_modules(model):
-    return [m for m in model.modules() if isinstance(m, GFSACoefficients)]
 
 
 def by_hand(model: ToyModel, x, c, mask, cross_mask, pad_cross: bool) -> torch.Tensor:

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import pytest
 import torch
 import transformers as tf
+from patch_helpers import coefficient_modules, set_coefficients
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 import gfsa
 from gfsa.layers import LayerSpecError
 from gfsa.patch import (
-    GFSACoefficients,
     UnsupportedModelError,
     added_parameters,
     gfsa_parameters,
@@ -41,53 +41,42 @@ FEATS, FRAMES, VALID_FRAMES = 8, 16, 9
 # tiny models of the real architectures
 
 
+# Sizes shared by the tiny encoders (BERT, RoBERTa, ALBERT) and the tiny encoder-decoders.
+ENCODER = {
+    "vocab_size": VOCAB,
+    "hidden_size": 32,
+    "num_hidden_layers": 4,
+    "num_attention_heads": HEADS,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
+SEQ2SEQ_SIZES = {
+    "vocab_size": VOCAB,
+    "d_model": 32,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "encoder_attention_heads": HEADS,
+    "decoder_attention_heads": HEADS,
+    "encoder_ffn_dim": 64,
+    "decoder_ffn_dim": 64,
+    "pad_token_id": 1,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "decoder_start_token_id": 2,
+}
+
+
 def _bert():
-    return tf.BertModel(
-        tf.BertConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            num_hidden_layers=4,
-            num_attention_heads=HEADS,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            pad_token_id=0,
-        )
-    )
+    return tf.BertModel(tf.BertConfig(**ENCODER, pad_token_id=0))
 
 
 def _roberta():
-    return tf.RobertaModel(
-        tf.RobertaConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            num_hidden_layers=4,
-            num_attention_heads=HEADS,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            pad_token_id=1,
-            bos_token_id=0,
-            eos_token_id=2,
-        )
-    )
+    return tf.RobertaModel(tf.RobertaConfig(**ENCODER, pad_token_id=1, bos_token_id=0, eos_token_id=2))
 
 
 def _albert():
-    return tf.AlbertModel(
-        tf.AlbertConfig(
-            vocab_size=VOCAB,
-            embedding_size=16,
-            hidden_size=32,
-            num_hidden_layers=4,
-            num_hidden_groups=1,
-            inner_group_num=1,
-            num_attention_heads=HEADS,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            pad_token_id=0,
-            bos_token_id=2,
-            eos_token_id=3,
-        )
-    )
+    shared = {"embedding_size": 16, "num_hidden_groups": 1, "inner_group_num": 1}  # one layer module for all layers
+    return tf.AlbertModel(tf.AlbertConfig(**ENCODER, **shared, pad_token_id=0, bos_token_id=2, eos_token_id=3))
 
 
 def _gpt2():
@@ -118,24 +107,7 @@ def _t5():
 
 def _bart_like(model_cls, config_cls):
     def build():
-        return model_cls(
-            config_cls(
-                vocab_size=VOCAB,
-                d_model=32,
-                encoder_layers=2,
-                decoder_layers=2,
-                encoder_attention_heads=HEADS,
-                decoder_attention_heads=HEADS,
-                encoder_ffn_dim=64,
-                decoder_ffn_dim=64,
-                max_position_embeddings=64,
-                pad_token_id=1,
-                bos_token_id=0,
-                eos_token_id=2,
-                decoder_start_token_id=2,
-                forced_eos_token_id=None,
-            )
-        )
+        return model_cls(config_cls(**SEQ2SEQ_SIZES, max_position_embeddings=64, forced_eos_token_id=None))
 
     return build
 
@@ -143,24 +115,13 @@ def _bart_like(model_cls, config_cls):
 def _s2t():
     return tf.Speech2TextModel(
         tf.Speech2TextConfig(
-            vocab_size=VOCAB,
-            d_model=32,
-            encoder_layers=2,
-            decoder_layers=2,
-            encoder_attention_heads=HEADS,
-            decoder_attention_heads=HEADS,
-            encoder_ffn_dim=64,
-            decoder_ffn_dim=64,
+            **SEQ2SEQ_SIZES,
             max_source_positions=64,
             max_target_positions=64,
             input_feat_per_channel=FEATS,
             input_channels=1,
             num_conv_layers=2,
             conv_channels=16,
-            pad_token_id=1,
-            bos_token_id=0,
-            eos_token_id=2,
-            decoder_start_token_id=2,
         )
     )
 
@@ -250,23 +211,6 @@ def outputs(model, batch: dict) -> list[torch.Tensor]:
 def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     assert len(a) == len(b)
     return max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
-
-
-def coefficient_modules(model) -> list[GFSACoefficients]:
-    return [m for m in model.modules() if isinstance(m, GFSACoefficients)]
-
-
-def set_coefficients(model, wK=None, w0=None, seed: int = 3) -> None:
-    """Non-identity coefficients after patching: ``wK`` a number or "random" (per head)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for c in coefficient_modules(model):
-            if wK == "random":
-                c.wK.copy_(torch.rand(c.num_heads, generator=g) - 0.5)
-            elif wK is not None:
-                c.wK.fill_(wK)
-            if w0 is not None:
-                c.w0.fill_(w0)
 
 
 def patched(name: str, **kw) -> tf.PreTrainedModel:

@@ -12,6 +12,7 @@ import copy
 import pytest
 import timm
 import torch
+from patch_helpers import coefficient_modules, set_coefficients
 from timm.layers import Attention
 from timm.models.cait import ClassAttn, TalkingHeadAttn
 from timm.models.swin_transformer import WindowAttention
@@ -19,7 +20,6 @@ from timm.models.swin_transformer import WindowAttention
 import gfsa
 from gfsa.layers import LayerSpecError
 from gfsa.patch import (
-    GFSACoefficients,
     UnsupportedModelError,
     added_parameters,
     gfsa_parameters,
@@ -87,22 +87,6 @@ def attention_modules(model) -> list[torch.nn.Module]:
     if hasattr(model, "blocks"):
         return [blk.attn for blk in model.blocks]
     return [blk.attn for stage in model.layers for blk in stage.blocks]
-
-
-def coefficient_modules(model) -> list[GFSACoefficients]:
-    return [m for m in model.modules() if isinstance(m, GFSACoefficients)]
-
-
-def set_coefficients(model, wK=None, w0=None, seed: int = 3) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for c in coefficient_modules(model):
-            if wK == "random":
-                c.wK.copy_(torch.rand(c.num_heads, generator=g) - 0.5)
-            elif wK is not None:
-                c.wK.fill_(wK)
-            if w0 is not None:
-                c.w0.fill_(w0)
 
 
 def run(model, x, **kw):
