@@ -116,42 +116,26 @@ def plbart_tokenizer(texts, directory: Path):
 def _config(kind: str, tok) -> tuple[object, type]:
     h, f, p = TINY["hidden"], TINY["ffn"], TINY["positions"]
     v = len(tok)
+    encoder = {
+        "vocab_size": v,
+        "hidden_size": h,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "intermediate_size": f,
+    }
     if kind == "bert":
-        return tf.BertConfig(
-            vocab_size=v,
-            hidden_size=h,
-            num_hidden_layers=LAYERS,
-            num_attention_heads=HEADS,
-            intermediate_size=f,
-            max_position_embeddings=p,
-            pad_token_id=0,
-        ), tf.BertModel
+        return tf.BertConfig(**encoder, max_position_embeddings=p, pad_token_id=0), tf.BertModel
     if kind == "albert":
-        return tf.AlbertConfig(
-            vocab_size=v,
-            embedding_size=16,
-            hidden_size=h,
-            num_hidden_layers=LAYERS,
-            num_hidden_groups=1,
-            num_attention_heads=HEADS,
-            intermediate_size=f,
-            max_position_embeddings=p,
-            pad_token_id=0,
-            bos_token_id=2,
-            eos_token_id=3,
-        ), tf.AlbertModel
+        shared = {"embedding_size": 16, "num_hidden_groups": 1}
+        albert = tf.AlbertConfig(
+            **encoder, **shared, max_position_embeddings=p, pad_token_id=0, bos_token_id=2, eos_token_id=3
+        )
+        return albert, tf.AlbertModel
     if kind in ("roberta", "codebert"):
-        return tf.RobertaConfig(
-            vocab_size=v,
-            hidden_size=h,
-            num_hidden_layers=LAYERS,
-            num_attention_heads=HEADS,
-            intermediate_size=f,
-            max_position_embeddings=p + 2,
-            pad_token_id=1,
-            bos_token_id=0,
-            eos_token_id=2,
-        ), tf.RobertaModel
+        roberta = tf.RobertaConfig(
+            **encoder, max_position_embeddings=p + 2, pad_token_id=1, bos_token_id=0, eos_token_id=2
+        )
+        return roberta, tf.RobertaModel
     if kind == "gpt2":
         eos = tok.eos_token_id
         return tf.GPT2Config(
