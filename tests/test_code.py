@@ -9,6 +9,7 @@ cross-attention zero-padded to a square, as the official code does.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import hf_fixtures as H
@@ -170,6 +171,17 @@ def test_clone_validation_sample_is_fixed(code):
     (valid0, test0), (valid1, test1) = (t.val_sets for t in tasks)
     assert len(valid0) == 12 and torch.equal(valid0.pairs, valid1.pairs)  # half of the 24 validation pairs
     assert len(test0) == 12 and torch.equal(test0.pairs, test1.pairs)  # all 12 test pairs: never sampled
+
+
+def test_ema_is_scored_per_evaluation_split(code, results_dir):
+    """optim.ema_decay on a two-split task: the EMA weights get their own metrics per split (not one mix)."""
+    import csv
+
+    overrides = [o for o in _overrides(code, "roberta", "devign", "gfsa.layers=none") if o != "logger=none"]
+    rec = run(compose([*overrides, "logger=csv", "+optim.ema_decay=0.9"], results_dir))
+    with open(Path(rec["run_dir"]) / "csv" / "metrics.csv") as f:
+        columns = next(csv.reader(f))
+    assert {"val/ema_acc", "val/ema_test_acc", "val/acc", "val/test_acc"} <= set(columns), columns
 
 
 def test_code_eval_splits_select_on_the_first(code, results_dir):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import lightning as L
 
 from gfsa.recipes import common
-from gfsa.recipes.splits import SplitMetrics
+from gfsa.recipes.splits import SplitMetrics, eval_splits
 
 
 class ClassificationRecipe(L.LightningModule):
@@ -20,7 +20,7 @@ class ClassificationRecipe(L.LightningModule):
         self.model = model
         self.task = task
         self.optim = optim
-        self.split_metrics = SplitMetrics(task.metrics(), list(getattr(task, "eval_splits", None) or ["val"]))
+        self.split_metrics = SplitMetrics(task.metrics(), eval_splits(task))
 
     def forward(self, **inputs):
         return self.model(**inputs)

@@ -1,11 +1,14 @@
 """An exponential moving average of the weights (timm's ModelEmaV3, DeiT's ``--model-ema``), kept
-next to the trained model and evaluated on the same validation batches as ``val/ema_<metric>``."""
+next to the trained model and evaluated on the same validation batches as ``val/ema_<metric>`` (every
+evaluation split: ``val/ema_test_<metric>``)."""
 
 from __future__ import annotations
 
 import lightning as L
 import torch
 from timm.utils import ModelEmaV3
+
+from gfsa.recipes.splits import SplitMetrics, eval_splits
 
 
 class ModelEMA(L.Callback):
@@ -25,7 +28,7 @@ class ModelEMA(L.Callback):
         if self._pending is not None:
             self.ema.load_state_dict(self._pending)
             self._pending = None
-        self.metrics = self.task.metrics().clone(prefix="val/ema_").to(pl_module.device)
+        self.metrics = SplitMetrics(self.task.metrics(), eval_splits(self.task), prefix="val/ema_").to(pl_module.device)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step != self._step:
@@ -38,11 +41,10 @@ class ModelEMA(L.Callback):
         labels = inputs.pop("labels")
         with trainer.precision_plugin.forward_context():
             logits = self.ema.module(**inputs)
-        self.metrics.update(*self.task.metric_inputs(logits, labels))
+        self.metrics.update(dataloader_idx, *self.task.metric_inputs(logits, labels))
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        pl_module.log_dict(self.metrics.compute())
-        self.metrics.reset()
+        pl_module.log_dict(self.metrics.compute_and_reset())
 
     def state_dict(self):
         return {"ema": self.ema.state_dict()} if self.ema is not None else {}

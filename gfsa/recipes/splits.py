@@ -1,7 +1,8 @@
 """Metrics on several evaluation splits in one validation pass (validation + test sets).
 
-Papers on ZINC, Peptides and LibriSpeech report test numbers at the selected epoch, so the graph
-and speech tasks validate on ``task.eval_splits`` together. The first split keeps plain metric names
+Papers on ZINC, Peptides, LibriSpeech, Devign and BigCloneBench report test numbers at the selected
+epoch, so those tasks validate on ``task.eval_splits`` together (every recipe scores them; tasks without
+``eval_splits`` have one split). The first split keeps plain metric names
 (``val/mae``: it drives selection); the others are prefixed with their name (``val/test_mae``,
 ``val/test_clean_wer``), so a results record holds them side by side at every epoch.
 """
@@ -12,6 +13,11 @@ import re
 
 from torch import nn
 from torchmetrics import MetricCollection
+
+
+def eval_splits(task) -> list[str]:
+    """The task's evaluation splits; one (its validation set) when it names none."""
+    return list(getattr(task, "eval_splits", None) or ["val"])
 
 
 def split_prefixes(splits: list[str]) -> list[str]:
@@ -25,12 +31,12 @@ def prefixed_directions(directions: dict[str, str], splits: list[str]) -> dict[s
 
 
 class SplitMetrics(nn.Module):
-    """One clone of ``metrics`` per split, logged as ``val/<prefix><name>``."""
+    """One clone of ``metrics`` per split, logged as ``<prefix><split prefix><name>`` (``val/test_acc``)."""
 
-    def __init__(self, metrics: MetricCollection, splits: list[str]):
+    def __init__(self, metrics: MetricCollection, splits: list[str], prefix: str = "val/"):
         super().__init__()
         self.prefixes = split_prefixes(splits)
-        self.collections = nn.ModuleList([metrics.clone(prefix=f"val/{p}") for p in self.prefixes])
+        self.collections = nn.ModuleList([metrics.clone(prefix=f"{prefix}{p}") for p in self.prefixes])
 
     def loss_name(self, split: int) -> str:
         return f"val/{self.prefixes[split]}loss"
