@@ -175,43 +175,51 @@ def growth(rows: list[dict], section: str, name: str, key: str) -> dict[str, flo
     return {str(r["n"]): ratio(r[section][name].get(key), first.get(key)) for r in rows[1:]}
 
 
+def _time_table(title: str, caption: str, rows: list[dict], cells_key: str, names, digits: str, ratios) -> Table:
+    """One row per length: median ms (peak MiB) of each variant, then the ``ratios`` (label, key)."""
+    t = Table(title=title, caption=caption)
+    for col in ("n", *names, *(label for label, _ in ratios)):
+        t.add_column(col, justify="right", no_wrap=True)
+    for r in rows:
+        cells = r[cells_key]
+        t.add_row(
+            str(r["n"]),
+            *(
+                "skipped" if cells[i]["skipped"] else f"{cells[i]['time_ms']:{digits}} ({cells[i]['peak_mib']:.0f})"
+                for i in names
+            ),
+            *(fmt(r["ratios"][key], ".1f", "×") for _, key in ratios),
+        )
+    return t
+
+
 def tables(result: dict, env: dict) -> list[Table]:
     c = result["config"]
     caption = f"{env['dtype']} {env['device']} ({env['threads']} threads), torch {env['torch']}, K={c['K']}"
-    op = Table(
-        title="Operator forward+backward, median ms (peak MiB, inputs included)",
-        caption=f"B={c['batch']} H={c['heads']} d={c['head_dim']}, {caption}",
+    op = _time_table(
+        "Operator forward+backward, median ms (peak MiB, inputs included)",
+        f"B={c['batch']} H={c['heads']} d={c['head_dim']}, {caption}",
+        result["operator"],
+        "impls",
+        OPS,
+        ".1f",
+        [
+            ("official/linear GFSA", "official_over_linear_gfsa_time"),
+            ("ours softmax/linear GFSA", "softmax_gfsa_over_linear_gfsa_time"),
+        ],
     )
-    for col in ("n", *OPS, "official/linear GFSA", "ours softmax/linear GFSA"):
-        op.add_column(col, justify="right", no_wrap=True)
-    for r in result["operator"]:
-        cells = r["impls"]
-        op.add_row(
-            str(r["n"]),
-            *(
-                "skipped" if cells[i]["skipped"] else f"{cells[i]['time_ms']:.1f} ({cells[i]['peak_mib']:.0f})"
-                for i in OPS
-            ),
-            fmt(r["ratios"]["official_over_linear_gfsa_time"], ".1f", "×"),
-            fmt(r["ratios"]["softmax_gfsa_over_linear_gfsa_time"], ".1f", "×"),
-        )
-    mt = Table(
-        title="LRA encoder training step, median ms (peak MiB)",
-        caption=f"batch {c['model_batch']}, 2 layers, width 64, 2 heads, GFSA on all layers; {caption}",
+    mt = _time_table(
+        "LRA encoder training step, median ms (peak MiB)",
+        f"batch {c['model_batch']}, 2 layers, width 64, 2 heads, GFSA on all layers; {caption}",
+        result["model"],
+        "models",
+        MODELS,
+        ".0f",
+        [
+            ("official/efficient GFSA", "official_over_efficient_gfsa_time"),
+            ("ours softmax/efficient GFSA", "softmax_gfsa_over_efficient_gfsa_time"),
+        ],
     )
-    for col in ("n", *MODELS, "official/efficient GFSA", "ours softmax/efficient GFSA"):
-        mt.add_column(col, justify="right", no_wrap=True)
-    for r in result["model"]:
-        cells = r["models"]
-        mt.add_row(
-            str(r["n"]),
-            *(
-                "skipped" if cells[m]["skipped"] else f"{cells[m]['time_ms']:.0f} ({cells[m]['peak_mib']:.0f})"
-                for m in MODELS
-            ),
-            fmt(r["ratios"]["official_over_efficient_gfsa_time"], ".1f", "×"),
-            fmt(r["ratios"]["softmax_gfsa_over_efficient_gfsa_time"], ".1f", "×"),
-        )
     g = Table(title=f"Linear GFSA growth vs n={result['operator'][0]['n']} (linear: 4× n → 4×)", caption=caption)
     for col in ("n", "operator time", "operator memory", "model time", "model memory"):
         g.add_column(col, justify="right", no_wrap=True)
