@@ -464,6 +464,13 @@ def measure(run_dir: Path, record: dict, ckpt: Path, batches: int) -> dict:
     assert isinstance(prepared, Prepared)
     net = patch_target(prepared.model)
     family(net)  # fail before loading anything big
+    from gfsa.requeue import checkpoint_problem
+
+    problem = checkpoint_problem(ckpt, prepared.recipe)
+    if problem:
+        raise AnalyzeError(
+            f"cannot analyze {ckpt}: it is {problem}; train the run again (resume=restart) or pass another run"
+        )
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     missing, _ = prepared.recipe.load_state_dict(state["state_dict"], strict=False)
     missing = [k for k in missing if k.startswith("model.")]

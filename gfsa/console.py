@@ -59,6 +59,9 @@ def print_comparison(record: dict, baseline: dict | None, cfg: dict) -> None:
         )
         return
     cmp = pair(record, baseline)
+    if cmp.get("not_compared"):
+        console.print(f"[yellow]no improvement %[/]: {cmp['not_compared']}")
+        return
     name = cmp["metric"]
     title = f"{record['backbone']} on {record['task']}, seed {record['seed']}: {name} ({cmp.get('direction', 'up')})"
     table = Table(title=title)

@@ -9,10 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A user-facing configuration or input error: one line that names the fix."""
-
+from gfsa.utils.errors import ConfigError
 
 TASKS: dict[str, str] = {
     "digits": "gfsa.tasks.digits:DigitsTask",

@@ -34,6 +34,8 @@ import yaml
 
 from gfsa import results as R
 from gfsa.experiments import EXPERIMENTS_DIR, Cell, Table, TableError, load_tables
+from gfsa.layers import spec_tag
+from gfsa.utils.files import atomic_write_json, unwritable
 
 CONF_DIR = Path(os.environ.get("GFSA_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
 # How a run was executed, not what it computes: ignored when matching records to paper cells.
@@ -96,7 +98,7 @@ class Run:
         cfg = self.record["config"]
         variant = self.record.get("variant") or R.variant_name(cfg)
         g = cfg.get("gfsa") or {}
-        gfsa = f"gfsa[{R._layers_tag(g.get('layers'))},K{g.get('K')}]"
+        gfsa = f"gfsa[{spec_tag(g.get('layers'))},K{g.get('K')}]"
         if variant == "baseline":
             return "baseline"
         if variant == "gfsa":
@@ -130,7 +132,10 @@ def _valid(record: dict | None) -> str | None:
     have the types gfsa.train writes, so a foreign or half-written record is skipped, not a crash."""
     if record is None:
         return "not a results record (unreadable JSON or another schema)"
-    if record.get("status") != "finished":
+    if record.get("status") == R.DIVERGED:
+        where = record.get("diverged") if isinstance(record.get("diverged"), dict) else {}
+        return f"diverged at step {where.get('step')} ({where.get('what', 'non-finite values')}): no result to compare"
+    if record.get("status") != R.FINISHED:
         return f"status {record.get('status')!r}, not finished"
     cfg = record.get("config")
     if not isinstance(cfg, dict) or not isinstance(cfg.get("backbone"), dict) or not isinstance(cfg.get("task"), dict):
@@ -162,14 +167,14 @@ def _valid(record: dict | None) -> str | None:
     return None
 
 
-def collect(sources: Iterable[tuple[str, dict | None]]) -> Collected:
-    """Deduplicate ``(source, record)`` pairs: a run (same config and seed, i.e. the same
-    :func:`gfsa.results.run_key`) is counted once, keeping its newest record (``finished_at``)."""
+def collect(sources: Iterable[tuple]) -> Collected:
+    """Deduplicate ``(source, record[, why unreadable])`` items: a run (same config and seed, i.e. the
+    same :func:`gfsa.results.run_key`) is counted once, keeping its newest record (``finished_at``)."""
     out = Collected(runs=[])
     by_key: dict[str, Run] = {}
-    for source, record in sources:
+    for source, record, *unreadable in sources:
         out.read += 1
-        why = _valid(record)
+        why = (unreadable[0] if unreadable and record is None and unreadable[0] else None) or _valid(record)
         if why:
             out.skipped.append((source, why))
             continue
@@ -192,13 +197,13 @@ def collect(sources: Iterable[tuple[str, dict | None]]) -> Collected:
     return out
 
 
-def local_records(dirs: Iterable[str | Path]) -> Iterable[tuple[str, dict | None]]:
+def local_records(dirs: Iterable[str | Path]) -> Iterable[tuple[str, dict | None, str | None]]:
     for d in dirs:
         p = Path(d)
         if not p.exists():
             raise ReportError(f"{p} does not exist: pass results directories (paths.results_dir of the runs)")
-        for path, record in R.iter_records(p):
-            yield str(path), record
+        for path, record, why in R.iter_record_files(p):
+            yield str(path), record, why
 
 
 def wandb_records(path: str) -> Iterable[tuple[str, dict | None]]:
@@ -360,7 +365,7 @@ def cell_views(cells: list[Cell]) -> dict[tuple[str, ...], dict]:
                     views[json.dumps(overrides)] = {"_error": str(e).splitlines()[0]}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            R.atomic_write_json(path, {"digest": digest, "views": views})
+            atomic_write_json(path, {"digest": digest, "views": views})
         except OSError:
             pass  # a read-only home: the report still works, only slower next time
     return {c.overrides: views[json.dumps(c.overrides)] for c in cells}
@@ -980,6 +985,13 @@ def _split(path: str) -> tuple[str, str]:
     return entity, project
 
 
+def _check_writable(out_dir: Path) -> None:
+    """Before reading anything: the report can be written where it goes."""
+    why = unwritable(out_dir)
+    if why:
+        raise ReportError(f"cannot write the report to {out_dir} ({why}): pass --out <writable dir>")
+
+
 def run(
     dirs: list[str],
     wandb_path: str | None = None,
@@ -1008,6 +1020,8 @@ def run(
     if unknown:
         raise ReportError(f"unknown table {unknown[0]}; choose from {', '.join(all_tables)} (experiments/*.yaml)")
     chosen = {k: v for k, v in all_tables.items() if not tables or k in tables}
+    out_dir = Path(out) if out else Path(dirs[0] if dirs else ".") / "report"
+    _check_writable(out_dir)
     mode = wandb_mode("auto")
     sources: list[Iterable] = [local_records(dirs)]
     if wandb_path and mode == "online":
@@ -1017,15 +1031,23 @@ def run(
     collected = collect(rec for src in sources for rec in src)
     if not collected.runs:
         where = ", ".join(dirs) or wandb_path
+        skipped = "; ".join(f"{src}: {why}" for src, why in collected.skipped[:3])
+        more = f" and {len(collected.skipped) - 3} more" if len(collected.skipped) > 3 else ""
         raise ReportError(
-            f"no finished results records in {where} ({collected.read} read): pass the runs' paths.results_dir"
+            f"no finished results records in {where} ({collected.read} read"
+            + (f"; skipped {skipped}{more}" if skipped else "")
+            + "): pass the runs' paths.results_dir"
         )
     report = build(collected, chosen, tables)
     for w in report.warnings:
         echo(f"warning: {w}")
     print_tables(report)
-    out_dir = Path(out) if out else Path(dirs[0] if dirs else ".") / "report"
-    files = write(report, out_dir)
+    try:
+        files = write(report, out_dir)
+    except OSError as e:
+        raise ReportError(
+            f"cannot write the report to {out_dir} ({e.strerror or e}): pass --out <writable dir>"
+        ) from None
     echo(f"wrote {out_dir / 'report.md'} ({sum(len(v) for v in files.values())} files: Markdown, CSV, PNG)")
     if publish:
         publish_report(report, wandb_path, mode, out_dir, echo)

@@ -1,9 +1,10 @@
 """Preemption and time limits: the training process owns requeue (see docs/scale_out.md).
 
-On the warning signal (``sbatch --signal=USR1@N``; submitit sends USR2) or on SIGTERM (preemption,
-``scancel``) the run stops at the next optimizer-step boundary, saves ``<run dir>/checkpoints/last.ckpt``,
+On the warning signal (``sbatch --signal=USR1@N``; submitit sends USR2), on SIGTERM (preemption,
+``scancel``) or on Ctrl-C (SIGINT; a second Ctrl-C stops at once) the run stops at the next optimizer-step boundary, saves ``<run dir>/checkpoints/last.ckpt``,
 asks Slurm to requeue the job (on SIGTERM only while the job still runs: a preempted job in its GraceTime
-ends FAILED unless requeued, a cancelled one must stay cancelled) and exits without a results record.
+ends FAILED unless requeued, a cancelled one must stay cancelled; never on Ctrl-C) and exits without a
+results record.
 The requeued job runs the same command, finds the same run directory and resumes from that checkpoint.
 
 Why here and not in Lightning or submitit: Lightning's SLURM auto-requeue saves from inside the signal
@@ -23,8 +24,10 @@ import contextlib
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -36,6 +39,7 @@ from gfsa.tracking import finish_wandb
 
 WARNING_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)  # time-limit warnings: requeue after the checkpoint
 EXIT_CODE = 3  # "stopped with a checkpoint": the job is back in the queue or the user resubmits
+EXIT_CTRL_C = 130  # the shell's code for SIGINT
 
 
 class Stopped(SystemExit):
@@ -44,8 +48,8 @@ class Stopped(SystemExit):
     A SystemExit, so Hydra does not treat it as a job result and submitit writes no result file (its
     job stays unfinished until the requeued attempt succeeds)."""
 
-    def __init__(self, message: str):
-        super().__init__(EXIT_CODE)
+    def __init__(self, message: str, code: int = EXIT_CODE):
+        super().__init__(code)
         self.message = message
 
     def __str__(self) -> str:
@@ -78,8 +82,11 @@ def requeue_slurm_job(only_if_running: bool = False) -> str:
 
 
 def rank_zero() -> bool:
-    """Whether this process is global rank 0 (Slurm's task id, else torch.distributed's RANK)."""
-    return int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0"))) == 0
+    """Whether this process is global rank 0, before Lightning knows: every rank variable a launcher
+    sets (Slurm's task id, torchrun's RANK, Lightning's own LOCAL_RANK/NODE_RANK for the processes it
+    starts) is 0 or absent."""
+    names = ("SLURM_PROCID", "RANK", "LOCAL_RANK", "NODE_RANK")
+    return all(int(os.environ.get(n, "0") or 0) == 0 for n in names)
 
 
 def ignore_warning_signals() -> None:
@@ -142,18 +149,34 @@ class Preemption(Checkpoint):
         self.epoch_rng: torch.Tensor | None = None
         self.in_epoch = False
         self._consumed = 0
+        self._tmp_name = f".{self.ckpt_path.name}.{socket.gethostname()}-{os.getpid()}.tmp"
+        # Wall time of earlier attempts (restored from the checkpoint) and when this attempt began.
+        self.previous_wall = 0.0
+        self.attempts = 1
+        self._t0 = time.time()
 
     # -- signals -----------------------------------------------------------------------------------
     def _flag(self, signum, frame):
+        if signum == signal.SIGINT:
+            if signal.SIGINT in self.received:  # the second Ctrl-C: stop now, without a checkpoint
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt
+            print(
+                "\nCtrl-C: stopping at the next step with a checkpoint (Ctrl-C again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
         self.received.append(signum)
 
     @contextlib.contextmanager
     def handling_signals(self):
-        """Around ``trainer.fit``: the warning signals and SIGTERM only set a flag (replacing submitit's
-        handlers), from set-up on, so a signal that comes before the first step stops the run there.
-        Lightning adds its own SIGTERM handler during fit and keeps this one."""
-        signals = (*WARNING_SIGNALS, signal.SIGTERM)
+        """Around ``trainer.fit``: the warning signals, SIGTERM and a first Ctrl-C only set a flag (replacing
+        submitit's handlers and Python's KeyboardInterrupt), from set-up on, so a signal that comes before
+        the first step stops the run there. Lightning adds its own SIGTERM handler during fit and keeps
+        this one. DataLoader workers forked meanwhile inherit the flag, so Ctrl-C does not kill them."""
+        signals = (*WARNING_SIGNALS, signal.SIGTERM, signal.SIGINT)
         previous = {sig: signal.getsignal(sig) for sig in signals}
+        self._t0 = time.time()
         for sig in signals:
             signal.signal(sig, self._flag)
         try:
@@ -172,6 +195,8 @@ class Preemption(Checkpoint):
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
     def setup(self, trainer, pl_module, stage):
+        # One temporary name per run attempt, the same on every rank (sharded strategies write from all).
+        self._tmp_name = trainer.strategy.broadcast(self._tmp_name)
         dm = trainer.datamodule
         if dm is not None and "train_dataloader" not in vars(dm):
             original = dm.train_dataloader
@@ -210,14 +235,24 @@ class Preemption(Checkpoint):
             self._save(trainer, consumed=0)
 
     def _save(self, trainer, consumed: int) -> None:
-        """Readers (a resubmitted job) see the previous checkpoint or this one, never half of one."""
+        """Readers (a resubmitted job) see the previous checkpoint or this one, never half of one; a
+        failed write (a full disk) leaves the previous one and no partial file."""
         self._consumed = consumed
         self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.ckpt_path.with_name(f".{self.ckpt_path.name}.tmp")
-        trainer.save_checkpoint(str(tmp))  # every rank takes part; rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(tmp, self.ckpt_path)
-        self._consumed = 0
+        tmp = self.ckpt_path.with_name(self._tmp_name)
+        try:
+            trainer.save_checkpoint(str(tmp), weights_only=False)  # every rank takes part; rank 0 writes
+            if trainer.is_global_zero:
+                os.replace(tmp, self.ckpt_path)
+        except BaseException as e:
+            if trainer.is_global_zero:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError) and e.errno is not None:  # name the checkpoint, not a library's temp file
+                raise OSError(e.errno, e.strerror, str(self.ckpt_path)) from e
+            raise
+        finally:
+            self._consumed = 0
 
     def _stop(self, trainer, consumed: int) -> None:
         self._save(trainer, consumed)
@@ -228,11 +263,20 @@ class Preemption(Checkpoint):
         """Close W&B, requeue (rank 0) and say so; the caller raises the result."""
         warned = any(s in WARNING_SIGNALS for s in self.received)
         finish_wandb()  # before the requeue, which kills the job's processes (W&B's service among them)
+        if signal.SIGINT in self.received:
+            message = f"{what} (Ctrl-C); run the same command to resume"
+            print(message, file=sys.stderr, flush=True)
+            return Stopped(message, EXIT_CTRL_C)
         message = f"{what} ({'warning signal' if warned else 'SIGTERM'})"
         if requeue:
             message += f"; {requeue_slurm_job(only_if_running=not warned)}"
         print(message, file=sys.stderr, flush=True)
         return Stopped(message)
+
+    # -- time across attempts ----------------------------------------------------------------------
+    def wall_time(self) -> float:
+        """Seconds of training over every attempt: earlier attempts up to their checkpoint, plus this one."""
+        return self.previous_wall + time.time() - self._t0
 
     # -- checkpoint state ------------------------------------------------------------------------------
     def state_dict(self):
@@ -240,7 +284,45 @@ class Preemption(Checkpoint):
             "rng": _rng_state(),
             "consumed": self._consumed,
             "epoch_rng": self.epoch_rng if self.in_epoch and self._consumed else None,
+            "wall_time_s": self.wall_time(),
+            "attempts": self.attempts,
         }
 
     def load_state_dict(self, state):
         self.resume = {"rng": state["rng"], "consumed": state["consumed"], "epoch_rng": state["epoch_rng"]}
+        self.previous_wall = float(state.get("wall_time_s", 0.0))
+        self.attempts = int(state.get("attempts", 1)) + 1
+
+
+def checkpoint_problem(path: str | Path, module: torch.nn.Module) -> str | None:
+    """Why ``path`` cannot resume ``module`` (None when it can), found without reading the weights
+    into memory (mmap): an empty or truncated file, not a Lightning checkpoint, or another model's."""
+    from gfsa.utils.errors import first_line
+
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return "an empty file"
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    try:
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - whatever torch raises for a file that is not a checkpoint
+        if "weights_only" not in str(e):
+            return f"truncated or not a checkpoint ({first_line(e)})"
+        try:  # a checkpoint holding objects that weights_only refuses (e.g. a callback's custom state)
+            ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        except Exception as e2:  # noqa: BLE001
+            return f"truncated or not a checkpoint ({first_line(e2)})"
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) or "loops" not in ckpt:
+        return "not a Lightning checkpoint of a run"
+    theirs, ours = ckpt["state_dict"], module.state_dict()
+    missing = [k for k in ours if k not in theirs]
+    unexpected = [k for k in theirs if k not in ours]
+    if missing or unexpected:
+        first = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        return f"the weights of another model ({first}, {len(missing) + len(unexpected)} keys differ)"
+    for k, t in ours.items():
+        if tuple(theirs[k].shape) != tuple(t.shape):
+            return f"the weights of another model ({k}: {tuple(theirs[k].shape)} vs {tuple(t.shape)})"
+    return None

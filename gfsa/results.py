@@ -4,7 +4,8 @@ Pure Python on purpose (no torch, no Lightning): reports and sweep bookkeeping r
 
 - A run's directory is derived from its resolved config: same config, same directory, so a
   resubmitted job resumes or finds its finished record instead of training again.
-- A record (``result.json``) is written atomically once a run finishes.
+- A record (``result.json``) is written atomically, in strict JSON, once a run finishes or diverges
+  (``status``: ``finished`` | ``diverged``); only finished runs are compared.
 - A GFSA run is paired with the baseline that has the same config minus the ``gfsa`` group
   (same seed): that baseline's directory is computed, not searched for.
 """
@@ -17,19 +18,24 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gfsa.layers import spec_tag
+from gfsa.utils.files import atomic_write, dumps_json, finite
+
 RECORD = "result.json"
 SCHEMA = 1
+FINISHED, DIVERGED = "finished", "diverged"
+TERMINAL = (FINISHED, DIVERGED)  # a run in either state is never trained again by the same command
 # Keys that never change what a run computes: where data and outputs live, how it is logged.
 DEFAULT_IGNORE = (
     "paths",
     "logger",
     "run",
     "with_baseline",
+    "resume",
     "analysis",  # measurements taken during validation (gfsa/analysis.py) change nothing that is trained
     "task.data_dir",
     "task.num_workers",
@@ -110,19 +116,13 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "-", str(s)).strip("-")
 
 
-def _layers_tag(layers: Any) -> str:
-    if isinstance(layers, (list, tuple)):
-        return "L" + "_".join(str(i) for i in layers)
-    return _slug(layers)
-
-
 def run_dir(cfg: dict, root: str | Path | None = None) -> Path:
     """``<results>/<backbone>/<task>/<variant>-seed<seed>-<hash>``: readable, unique per config."""
     root = Path(root if root is not None else cfg.get("paths", {}).get("results_dir", "results"))
     variant = variant_name(cfg)
     if variant == "gfsa":
         g = cfg["gfsa"]
-        variant = f"gfsa-{_layers_tag(g.get('layers'))}-K{g.get('K')}"
+        variant = f"gfsa-{spec_tag(g.get('layers'))}-K{g.get('K')}"
     name = f"{variant}-seed{cfg.get('seed')}-{run_key(cfg)}"
     return root / _slug(cfg["backbone"]["name"]) / _slug(cfg["task"]["name"]) / name
 
@@ -133,43 +133,95 @@ def run_id(path: str | Path) -> str:
     return f"{p.name[-10:]}-{_digest(str(p.parent.parent.name) + '/' + p.parent.name, 6)}"
 
 
-def atomic_write_json(path: str | Path, data: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never a half-written one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_record(rdir: str | Path, record: dict) -> Path:
+    """Write ``result.json`` atomically in strict JSON: a NaN or infinity becomes null and its place is
+    listed under ``non_finite`` (JSON has no NaN; strict parsers reject Python's bare ``NaN``)."""
+    clean, bad = finite({k: v for k, v in record.items() if k != "non_finite"})
+    if bad:
+        clean["non_finite"] = bad
+    return atomic_write(Path(rdir) / RECORD, dumps_json(clean))
 
 
-def load_record(path: str | Path) -> dict | None:
-    """The record in a run directory (or the record file itself), None if absent or unreadable."""
+def read_record(path: str | Path) -> tuple[dict | None, str | None]:
+    """(record, None), or (None, why it cannot be read) for a run directory or a record file.
+
+    ``run_dir`` is where the record is now: a results dir that was copied or moved names its runs by
+    their new place (the old one is kept as ``recorded_run_dir``)."""
     path = Path(path)
     if path.is_dir():
         path = path / RECORD
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("schema") == SCHEMA else None
+    except FileNotFoundError:
+        return None, "no result.json"
+    except PermissionError:
+        return None, "permission denied (ask its owner to make it readable: chmod a+r)"
+    except OSError as e:
+        return None, f"unreadable ({e.strerror or e})"
+    except ValueError as e:
+        return None, f"not JSON ({e})"
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        return None, "not a results record of this suite (another schema)"
+    here = str(path.parent)
+    recorded = data.get("run_dir")
+    if isinstance(recorded, str) and os.path.abspath(recorded) != os.path.abspath(here):
+        data["recorded_run_dir"] = recorded
+        data["run_dir"] = here
+    return data, None
+
+
+def load_record(path: str | Path) -> dict | None:
+    """The record in a run directory (or the record file itself), None if absent or unreadable."""
+    return read_record(path)[0]
 
 
 def iter_records(root: str | Path) -> Iterator[tuple[Path, dict | None]]:
     """Every ``result.json`` under ``root`` with its parsed record (None when corrupt/foreign)."""
+    for path, record, _ in iter_record_files(root):
+        yield path, record
+
+
+def iter_record_files(root: str | Path) -> Iterator[tuple[Path, dict | None, str | None]]:
+    """Every ``result.json`` under ``root``: (path, record or None, why it could not be read)."""
     root = Path(root)
-    if root.is_file():
-        yield root, load_record(root)
-        return
-    for path in sorted(root.rglob(RECORD)):
-        yield path, load_record(path)
+    paths = [root] if root.is_file() else sorted(root.rglob(RECORD))
+    for path in paths:
+        record, why = read_record(path)
+        yield path, record, why
+
+
+def data_fingerprint(data_dir: str | Path | None, max_entries: int = 2_000_000) -> dict | None:
+    """What a dataset directory holds, cheaply: files to depth 4 (names only, no stat) and the bytes
+    of the files in its top two levels (where text, table and archive datasets keep their data; an
+    image tree's millions of files are counted, not stat-ed). A changed dataset changes it."""
+    if not data_dir:
+        return None
+    root = Path(str(data_dir)).expanduser()
+    if not root.is_dir():
+        return {"path": str(root), "files": 0, "bytes": 0} if root.exists() else None
+    files = size = seen = 0
+    stack = [(root, 0)]
+    while stack:
+        d, depth = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            seen += 1
+            if seen > max_entries:
+                return {"path": str(root.resolve()), "files": files, "bytes": size, "partial": True}
+            if e.is_dir(follow_symlinks=True):
+                if depth < 3:
+                    stack.append((Path(e.path), depth + 1))
+            elif e.is_file(follow_symlinks=True):
+                files += 1
+                if depth < 2:
+                    try:
+                        size += e.stat().st_size
+                    except OSError:
+                        pass
+    return {"path": str(root.resolve()), "files": files, "bytes": size}
 
 
 def improvement(value: float, baseline: float, direction: str) -> tuple[float | None, float | None]:
@@ -187,9 +239,25 @@ def selected_metrics(record: dict) -> dict:
     return record.get("best") if record.get("selected_by") == "best" and record.get("best") else record["metrics"]
 
 
+def not_comparable(record: dict, baseline: dict) -> str | None:
+    """Why two runs cannot be compared (None if they can): only finished runs have results."""
+    for who, rec in (("this run", record), ("the baseline", baseline)):
+        status = rec.get("status")
+        if status == DIVERGED:
+            where = rec.get("diverged") or {}
+            return f"{who} diverged at step {where.get('step')} ({where.get('what', 'non-finite values')})"
+        if status != FINISHED:
+            return f"{who} has not finished (status {status!r})"
+    return None
+
+
 def pair(record: dict, baseline: dict) -> dict:
-    """The comparison of a variant's record with its baseline's, for its primary metric."""
+    """The comparison of a variant's record with its baseline's, for its primary metric; no
+    improvement % when either run diverged or has not finished."""
     name = record["primary_metric"]
+    why = not_comparable(record, baseline)
+    if why:
+        return {"baseline_run": baseline.get("run_dir"), "metric": name, "improvement_pct": None, "not_compared": why}
     ours, base = selected_metrics(record).get(name), selected_metrics(baseline).get(name)
     if ours is None or base is None:
         return {"baseline_run": baseline.get("run_dir"), "metric": name, "improvement_pct": None}
@@ -211,6 +279,8 @@ def pair(record: dict, baseline: dict) -> dict:
 def complete_pairings(baseline: dict, root: str | Path) -> list[Path]:
     """A baseline that finishes after its variants fills in their comparison; returns those updated."""
     updated = []
+    if baseline.get("status") != FINISHED:
+        return updated
     task_dir = Path(baseline["run_dir"]).parent
     if not task_dir.is_dir():
         task_dir = Path(root)
@@ -218,12 +288,13 @@ def complete_pairings(baseline: dict, root: str | Path) -> list[Path]:
         if (
             rec is None
             or rec.get("variant") == "baseline"
+            or rec.get("status") != FINISHED
             or rec.get("pair_key") != baseline.get("pair_key")
             or rec.get("seed") != baseline.get("seed")
             or (rec.get("comparison") or {}).get("improvement_pct") is not None
         ):
             continue
         rec["comparison"] = pair(rec, baseline)
-        atomic_write_json(path, rec)
+        write_record(path.parent, rec)
         updated.append(path)
     return updated

@@ -28,35 +28,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gfsa import results as R
-from gfsa.layers import LayerSpecError, select_layers
+from gfsa.config import normalise
 from gfsa.registry import BACKBONES, TASKS, ConfigError
+from gfsa.utils.files import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "slurm" / "sweep.sbatch"
 MANIFEST = "manifest.json"
 DEFAULT_LAUNCHER = "slurm"
 SLURM_TARGET = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-STATES = ("done", "running", "failed", "missing")
-# Lightning's accepted trainer.precision values (lightning.fabric.connector._PRECISION_INPUT, Lightning 2.x),
-# hard-coded so that checking a sweep never imports Lightning; tests/test_sweep.py compares them.
-PRECISIONS = (
-    64,
-    32,
-    16,
-    "64",
-    "32",
-    "16",
-    "bf16",
-    "16-true",
-    "16-mixed",
-    "bf16-true",
-    "bf16-mixed",
-    "32-true",
-    "64-true",
-    "transformer-engine",
-    "transformer-engine-float16",
-)
-ANY_DEPTH = 1_000_000  # gfsa.layers is checked for its syntax only: the model's depth is known on the cluster
+STATES = ("done", "diverged", "running", "failed", "missing")
 
 
 @dataclass
@@ -173,12 +154,11 @@ def _launcher(hydra_launcher, preset: str) -> Launcher:
     return Launcher(preset=preset, **values)
 
 
-def _check_cell(cfg: dict, launcher: Launcher, label: str) -> None:
-    """Everything cheap that a job would otherwise find out on the cluster."""
-    from gfsa.train import validate
-
+def _check_cell(cfg: dict, launcher: Launcher, label: str) -> dict:
+    """Everything cheap that a job would otherwise find out on the cluster; returns the normalised
+    config (:func:`gfsa.config.normalise`), which names the cell's run directory as the job will."""
     try:
-        validate(cfg)
+        cfg = normalise(cfg)
     except ConfigError as e:
         raise ConfigError(f"cell {label}: {e}") from None
     for kind, name, table in (
@@ -187,17 +167,6 @@ def _check_cell(cfg: dict, launcher: Launcher, label: str) -> None:
     ):
         if name not in table:
             raise ConfigError(f"cell {label}: unknown {kind} type '{name}'; known: {', '.join(sorted(table))}")
-    layers = (cfg.get("gfsa") or {}).get("layers")
-    try:
-        select_layers(layers, ANY_DEPTH)
-    except LayerSpecError as e:
-        raise ConfigError(f"cell {label}: {str(e).replace(f' on this {ANY_DEPTH}-layer model', '')}") from None
-    precision = (cfg.get("trainer") or {}).get("precision")
-    if precision is not None and (isinstance(precision, bool) or precision not in PRECISIONS):
-        raise ConfigError(
-            f"cell {label}: trainer.precision={precision!r} is not a Lightning precision: "
-            "use one of 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, 64-true"
-        )
     data_dir = cfg["task"].get("data_dir")
     if data_dir and not Path(str(data_dir)).expanduser().exists():
         raise ConfigError(f"cell {label}: task.data_dir={data_dir} does not exist: pass task.data_dir=<dir>")
@@ -227,6 +196,7 @@ def _check_cell(cfg: dict, launcher: Launcher, label: str) -> None:
             f"hydra/launcher={launcher.preset} asks for {launcher.nodes} node(s) but trainer.num_nodes={nodes}: "
             f"pass trainer.num_nodes={launcher.nodes} or hydra.launcher.nodes={nodes}"
         )
+    return cfg
 
 
 def check_slurm(launcher: Launcher) -> None:
@@ -298,7 +268,7 @@ def plan(runs: list[tuple[str, list[str]]], name: str) -> Plan:
                 lines = [line.strip() for line in str(e).splitlines() if line.strip()]
                 raise ConfigError(f"cell {label}: {' '.join(lines[:2])}") from None
             launcher = launcher or this
-            _check_cell(cfg, launcher, label)
+            cfg = _check_cell(cfg, launcher, label)
             results_dir = Path(cfg["paths"]["results_dir"]).resolve()
             if not any(_key(o) == "with_baseline" for o in job):
                 job.append("with_baseline=false")  # baselines are cells of the sweep; two jobs never train one
@@ -402,7 +372,7 @@ def _queued(sweep: Path) -> set[str]:
 def submit(p: Plan, sweep: Path, only_missing: bool, force: bool = False) -> tuple[str | None, list[Cell], int]:
     """Write the manifest and the array script, submit it; returns (job id, submitted cells, cells skipped
     because they are still queued or running). If sbatch fails, what this call wrote is removed."""
-    cells = [c for c in p.cells if not (only_missing and _finished(c))]
+    cells = [c for c in p.cells if not (only_missing and _ended(c))]
     queued = _queued(sweep) if only_missing and not force else set()
     skipped = sum(c.run_dir in queued for c in cells)
     cells = [c for c in cells if c.run_dir not in queued]
@@ -435,14 +405,15 @@ def submit(p: Plan, sweep: Path, only_missing: bool, force: bool = False) -> tup
         manifest["submissions"].append(
             {"job_id": job, "script": script.name, "cells": [c.index for c in cells], "at": time.strftime("%FT%T%z")}
         )
-    R.atomic_write_json(sweep / MANIFEST, manifest)
+    atomic_write_json(sweep / MANIFEST, manifest)
     return job, cells, skipped
 
 
 # -- status -------------------------------------------------------------------------------------------
-def _finished(cell: Cell | dict) -> bool:
+def _ended(cell: Cell | dict) -> str | None:
+    """``finished`` or ``diverged`` when the cell's run has a record (neither trains again), else None."""
     rec = R.load_record(cell.run_dir if isinstance(cell, Cell) else cell["run_dir"])
-    return rec is not None and rec.get("status") == "finished"
+    return rec.get("status") if rec is not None and rec.get("status") in R.TERMINAL else None
 
 
 def _queue(job_ids: list[str]) -> dict[str, str]:
@@ -471,7 +442,7 @@ def _accounting(job_ids: list[str]) -> dict[str, str]:
 
 
 def status(sweep: Path) -> list[dict]:
-    """Per cell: state (done | running | failed | missing) and what it is based on."""
+    """Per cell: state (done | diverged | running | failed | missing) and what it is based on."""
     manifest = load_manifest(sweep)
     latest: dict[int, str] = {}
     for sub in manifest["submissions"]:
@@ -484,8 +455,11 @@ def status(sweep: Path) -> list[dict]:
         task = latest.get(cell["index"])
         exit_file = sweep / "status" / f"{task}.exit"
         log = sweep / "logs" / f"{task}.out"
-        if _finished(cell):
+        ended = _ended(cell)
+        if ended == R.FINISHED:
             state, why = "done", "finished record"
+        elif ended == R.DIVERGED:
+            state, why = "diverged", "recorded as diverged (delete its run dir to train again)"
         elif task is None:
             state, why = "missing", "never submitted"
         elif task in queue:
@@ -514,7 +488,7 @@ def _print_cells(p: Plan, title: str) -> None:
         table.add_column(col)
     for c in p.cells:
         rel = os.path.relpath(c.run_dir, p.results_dir)
-        table.add_row(str(c.index), c.label, rel, "finished" if _finished(c) else "—")
+        table.add_row(str(c.index), c.label, rel, _ended(c) or "—")
     Console().print(table)
 
 

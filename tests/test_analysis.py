@@ -140,7 +140,7 @@ def test_analyze_bad_input_is_one_line_exit_2(tmp_path, capsys):
     record = R.load_record(unsupported)
     record["config"]["backbone"] = {"name": "cait_mini", "type": "timm", "model": "cait_xxs24_224", "pretrained": False,
                                     "kwargs": {"patch_size": 2, "embed_dim": 32, "depth": 2, "num_heads": 2}}  # fmt: skip
-    R.atomic_write_json(unsupported / R.RECORD, record)
+    R.write_record(unsupported, record)
     (tmp_path / "empty").mkdir()
     out = tmp_path / "out"
     good = [runs["gfsa"]["run_dir"], "--out", str(out)]

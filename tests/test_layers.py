@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gfsa.layers import SPEC_FORMS, LayerSpecError, select_layers
+from gfsa.layers import SPEC_FORMS, LayerSpecError, normalize_spec, select_layers, spec_tag
 
 DEPTHS = [1, 2, 12, 24]
 
@@ -38,7 +38,6 @@ def test_named_forms_on_twelve_layers():
 @pytest.mark.parametrize("n", DEPTHS)
 def test_none_forms(n):
     assert select_layers(None, n) == []
-    assert select_layers("", n) == []
     assert select_layers([], n) == []
     assert select_layers("[]", n) == []
 
@@ -81,6 +80,8 @@ def test_one_layer_model():
         ("first:13", "first:N needs 1 <= N <= 12"),
         ("first:x", "'x' is not a layer count"),
         ("sometimes", "unknown spec"),
+        ("", "empty (the baseline is gfsa.layers=none)"),
+        ("  ", "empty (the baseline is gfsa.layers=none)"),
         ("1,3", "unknown spec"),
         (12, "index 12 is out of range 0..11"),
         ([12], "index 12 is out of range 0..11"),
@@ -117,3 +118,36 @@ def test_error_is_a_value_error():
 def test_model_without_layers(n):
     with pytest.raises(LayerSpecError, match=rf"no attention layers to select from \(num_layers={n}\)"):
         select_layers("all", n)
+
+
+@pytest.mark.parametrize(
+    "spellings, form, tag",
+    [
+        ((-1, "-1", [-1], "[-1]", " [ -1 ] ", (-1,)), [-1], "L-1"),
+        ((3, "3", [3], "[3]", "+3"), [3], "L3"),
+        (([3, 1, 1], "[1,3]", "[3, 1]", (1, 3)), [1, 3], "L1_3"),
+        ((None, [], "[]", "none", " NONE "), "none", "none"),
+        (("selected", "Selected", " selected "), "selected", "selected"),
+        (("last:3", "LAST:3", "last: 3"), "last:3", "last-3"),
+    ],
+)
+def test_every_spelling_of_a_spec_is_one_spec_and_one_directory_name(spellings, form, tag):
+    """`gfsa.layers=-1` on the command line, `[-1]` in a YAML file and `gfsa layers -1 6` mean one thing
+    (and name one run directory)."""
+    for spec in spellings:
+        assert normalize_spec(spec) == form, spec
+        assert spec_tag(spec) == tag, spec
+    assert len({str(select_layers(s, 6)) for s in spellings}) == 1
+
+
+def test_gfsa_layers_command_takes_negative_indices():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "gfsa"
+    out = subprocess.run([str(exe), "layers", "-1", "6"], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["5"]
+    empty = subprocess.run([str(exe), "layers", "", "6"], capture_output=True, text=True, check=False)
+    assert empty.returncode == 2 and "empty (the baseline is gfsa.layers=none)" in empty.stderr

@@ -63,7 +63,7 @@ def write_record(root: Path, overrides: list[str], acc: float, step: float, fini
         "config": cfg,
         "finished_at": finished,
     }
-    R.atomic_write_json(rdir / R.RECORD, record)
+    R.write_record(rdir, record)
     return rdir
 
 

@@ -136,7 +136,8 @@ def test_wandb_offline_run_logs_under_the_run_id(results_dir):
         (["gfsa.layers=sometimes"], "none | all | selected"),
         (["task=imagenet"], "task.data_dir is not set"),
         (["task=imagenet", "task.data_dir=/nonexistent/imagenet"], "does not exist"),
-        (["trainer.precision=99"], "trainer options rejected"),
+        (["trainer.precision=99"], "trainer.precision=99 is not a Lightning precision"),
+        (["+trainer.gradient_clip_algorithm=sideways"], "trainer options rejected by Lightning"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(results_dir, overrides, message):

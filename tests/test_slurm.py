@@ -67,18 +67,18 @@ def test_gfsa_sweep_returns_at_once_then_only_missing_resubmits_one_cell(tmp_pat
     assert len(m["cells"]) == 4 and m["submissions"][0]["cells"] == [0, 1, 2, 3]
     assert "#SBATCH --array=0-3%" in (sweep / "submit-0.sbatch").read_text()
     wait_idle([job], 240)
-    assert _status(sweep) == "done 4, running 0, failed 0, missing 0"
+    assert _status(sweep) == "done 4, diverged 0, running 0, failed 0, missing 0"
 
     victim = m["cells"][2]
     (Path(victim["run_dir"]) / R.RECORD).unlink()
-    assert _status(sweep) == "done 3, running 0, failed 1, missing 0"  # its task exited 0 without a record
+    assert _status(sweep) == "done 3, diverged 0, running 0, failed 1, missing 0"  # its task exited 0 without a record
     again = gfsa(*args, "--only-missing")
     assert "submitted 1 of 4 cells" in again.stdout, again.stderr[-2000:]
     last = manifest(sweep)["submissions"][-1]
     assert last["cells"] == [victim["index"]] and "#SBATCH --array=0-0%" in (sweep / last["script"]).read_text()
     wait_idle([last["job_id"]], 180)
     assert R.load_record(victim["run_dir"])["status"] == "finished"
-    assert _status(sweep) == "done 4, running 0, failed 0, missing 0"
+    assert _status(sweep) == "done 4, diverged 0, running 0, failed 0, missing 0"
     print(f"gfsa sweep returned in {submit_s:.1f} s")
 
 

@@ -8,9 +8,10 @@ import subprocess
 import pytest
 from conftest import CONF_DIR, FAST, PYTHON, REPO
 
+from gfsa.config import PRECISIONS
 from gfsa.console import group_options
 from gfsa.registry import ConfigError
-from gfsa.sweep import PRECISIONS, expand, plan, table_runs
+from gfsa.sweep import expand, plan, table_runs
 
 
 def test_every_launcher_preset_composes_and_leaves_requeue_to_gfsa():

@@ -3,6 +3,7 @@ callbacks that measure what results records report (validation history, step tim
 
 from __future__ import annotations
 
+import math
 import resource
 import statistics
 import time
@@ -138,12 +139,56 @@ class ValidationHistory(L.Callback):
         self.history = list(state.get("history", []))
 
 
+class Diverged(Exception):
+    """Training produced a non-finite loss or validation metric: the run stops, recorded as diverged."""
+
+    def __init__(self, what: str, value: float, epoch: int, step: int):
+        self.what, self.value, self.epoch, self.step = what, value, epoch, step
+        super().__init__(f"{what} = {value} at epoch {epoch}, step {step}")
+
+
+class DivergenceGuard(L.Callback):
+    """Stops a run at the first non-finite training loss or validation metric (NaN, ±inf): a diverged
+    run is recorded as such and never compared, instead of finishing at chance level as a result.
+
+    Every rank takes the same decision (one all-reduce of a flag per step under DDP)."""
+
+    def _check(self, trainer, values: dict) -> None:
+        bad = next(((k, v) for k, v in values.items() if not math.isfinite(v)), None)
+        if trainer.world_size > 1:
+            if not trainer.strategy.reduce_boolean_decision(bad is not None, all=False):
+                return
+            bad = bad or ("a value on another rank", float("nan"))
+        if bad is not None:
+            raise Diverged(bad[0], bad[1], trainer.current_epoch, trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if torch.is_tensor(loss) and loss.numel() == 1:
+            self._check(trainer, {"train/loss": float(loss.detach())})
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        values = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if not k.startswith("train") and torch.as_tensor(v).numel() == 1
+        }
+        self._check(trainer, values)
+
+
 class StepTimer(L.Callback):
-    """Seconds per optimizer step (median after warm-up) and peak memory of the run."""
+    """Seconds per optimizer step (median after warm-up) and peak memory of the run; the step times
+    of earlier attempts come back with the checkpoint, so a resumed run reports all of them."""
+
+    MAX_KEPT = 100_000  # step times kept for the median (a float each in the checkpoint)
 
     def __init__(self, warmup: int = 3):
         self.warmup = warmup
         self.times: list[float] = []
+        self.total = 0.0
+        self.count = 0
         self._t0 = None
 
     def _sync(self, pl_module):
@@ -156,7 +201,19 @@ class StepTimer(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._sync(pl_module)
-        self.times.append(time.perf_counter() - self._t0)
+        dt = time.perf_counter() - self._t0
+        self.times.append(dt)
+        del self.times[: -self.MAX_KEPT]
+        self.total += dt
+        self.count += 1
+
+    def state_dict(self):
+        return {"times": list(self.times), "total": self.total, "count": self.count}
+
+    def load_state_dict(self, state):
+        self.times = list(state.get("times", []))
+        self.total = float(state.get("total", sum(self.times)))
+        self.count = int(state.get("count", len(self.times)))
 
     def summary(self, device: torch.device) -> dict:
         steady = self.times[self.warmup :] if len(self.times) > 2 * self.warmup else self.times
@@ -167,7 +224,7 @@ class StepTimer(L.Callback):
         return {
             "step_time_s": statistics.median(steady) if steady else None,
             "steps_timed": len(steady),
-            "train_time_s": sum(self.times),
+            "train_time_s": self.total,
             "peak_memory_mb": round(peak, 1),
             "memory_kind": kind,
         }
