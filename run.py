@@ -1,6 +1,6 @@
 """Entry point: ``python run.py [Hydra overrides]`` (e.g. ``backbone=deit task=imagenet gfsa.layers=selected``)."""
 
-from gfsa.train import main
+from gfsa.cli import run_main
 
 if __name__ == "__main__":
-    main()
+    run_main()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from pathlib import Path
 
 import gfsa
+from gfsa.utils.errors import ConfigError, fail
+from gfsa.utils.resources import conf_dir
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,31 +26,29 @@ def main(argv: list[str] | None = None) -> None:
     layers = sub.add_parser("layers", help="show which layers a gfsa.layers spec selects")
     layers.add_argument("spec")
     layers.add_argument("num_layers", type=int)
-    # report/analyze parse their own options (gfsa/report.py, gfsa/analysis.py; docs/reports.md)
+    # report/analyze parse their own options (gfsa/ops/report.py, gfsa/ops/analysis.py; docs/reports.md)
     sub.add_parser("report", help="improvement tables and charts vs baselines and the paper", add_help=False)
     sub.add_parser("analyze", help="oversmoothing analysis of a trained run", add_help=False)
     sub.add_parser("bench", help="performance benchmarks: attention | models | linear | all (--help)", add_help=False)
     if argv[:1] == ["report"]:  # no Lightning on this path
-        from gfsa.report import main_cli as report_main
+        from gfsa.ops.report import main_cli as report_main
 
         report_main(argv[1:])
         return
     if argv[:1] == ["analyze"]:
-        from gfsa.analysis import main_cli as analyze_main
+        from gfsa.ops.analysis import main_cli as analyze_main
 
         analyze_main(argv[1:])
         return
-    if argv[:1] == ["bench"]:  # the scripts in benchmarks/ parse their own options (docs/performance.md)
+    if argv[:1] == ["bench"]:  # the benchmarks parse their own options (docs/performance.md)
         bench(argv[1:])
         return
     if argv[:1] == ["run"]:  # Hydra parses the rest itself
-        from gfsa.train import main as run_main
-
         sys.argv = ["gfsa run", *argv[1:]]
         run_main(argv[1:])
         return
-    if argv[:1] == ["sweep"]:  # no Lightning on this path either (gfsa/sweep.py; docs/scale_out.md)
-        from gfsa.sweep import main_cli as sweep_main
+    if argv[:1] == ["sweep"]:  # no Lightning on this path either (gfsa/ops/sweep.py; docs/scale_out.md)
+        from gfsa.ops.sweep import main_cli as sweep_main
 
         sweep_main(argv[1:])
         return
@@ -55,23 +57,88 @@ def main(argv: list[str] | None = None) -> None:
         try:
             print(" ".join(map(str, gfsa.select_layers(args.spec, args.num_layers))) or "(none)")
         except gfsa.LayerSpecError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            fail(str(e))
         return
     parser.print_help()
     sys.exit(2 if argv else 0)
+
+
+def _check_composes(args: list[str]) -> None:
+    """A single run's overrides compose, or one line naming the unknown option (Hydra's own message
+    spans many lines and comes after Lightning has been imported)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+            compose("config", overrides=[a for a in args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))])
+    except (HydraException, OmegaConfBaseException) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        unknown = re.match(r"Could not override '([^']+)'", lines[0]) if lines else None
+        if unknown:
+            key = unknown.group(1)
+            msg = f"unknown option '{key}': check its spelling (`python run.py --cfg job` prints every option)"
+            if key.startswith("trainer."):
+                msg += f"; a Lightning Trainer argument not in conf/trainer/ is added with +{key}=…"
+        else:
+            msg = " ".join(lines[:2])
+        fail(msg)
+
+
+def _preflight(args: list[str]) -> None:
+    """A multirun on a launcher preset: every cell is composed and checked (and Slurm asked about its
+    partition) before hydra-submitit submits anything (gfsa/ops/sweep.py)."""
+    from gfsa.ops.sweep import preflight
+
+    try:
+        preflight(args)
+    except ConfigError as e:
+        fail(str(e))
+
+
+def run_main(argv: list[str] | None = None) -> None:
+    """``python run.py [overrides]`` / ``gfsa run``: Hydra-composed runs with one-line errors for bad input."""
+    import hydra
+    from omegaconf import DictConfig
+
+    from gfsa.runner.console import check_overrides
+    from gfsa.runner.train import DIVERGED_RUNS, EXIT_DIVERGED, disk_error, run_job
+
+    CONF_DIR = conf_dir()
+    args = sys.argv[1:] if argv is None else argv
+    check_overrides(args, CONF_DIR)
+    if not any(a.startswith("-") for a in args):  # single runs: report a bad key in one line
+        _check_composes(args)
+    elif "-m" in args or "--multirun" in args:
+        _preflight(args)
+    sys.argv = [sys.argv[0], *args]
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+    def _job(cfg: DictConfig):
+        try:
+            return run_job(cfg)
+        except ConfigError as e:
+            fail(str(e))
+        except OSError as e:  # the filesystem refused something outside training (e.g. a full disk)
+            err = disk_error(e, Path(cfg.paths.results_dir))
+            if err is None:
+                raise
+            fail(str(err))
+
+    _job()
+    if DIVERGED_RUNS:
+        sys.exit(EXIT_DIVERGED)
 
 
 BENCHMARKS = ("attention", "models", "linear")
 
 
 def bench(argv: list[str]) -> None:
-    """``gfsa bench NAME [options]`` runs ``benchmarks/NAME.py``; ``gfsa bench all [--fast] [--out-dir DIR]``
+    """``gfsa bench NAME [options]`` runs ``gfsa.ops.bench.NAME``; ``gfsa bench all [--fast] [--out-dir DIR]``
     runs the three in turn, writing ``DIR/NAME.json``."""
-    import runpy
-    from pathlib import Path
+    import importlib
 
-    root = Path(__file__).resolve().parents[1] / "benchmarks"
     name, rest = (argv[0], argv[1:]) if argv else (None, [])
     if name not in (*BENCHMARKS, "all"):
         print(
@@ -80,9 +147,6 @@ def bench(argv: list[str]) -> None:
             file=sys.stderr if name not in ("-h", "--help") else sys.stdout,
         )
         sys.exit(0 if name in ("-h", "--help") else 2)
-    if not all((root / f"{b}.py").is_file() for b in BENCHMARKS):
-        print(f"error: gfsa bench runs the scripts in {root}: use a source checkout of the suite", file=sys.stderr)
-        sys.exit(2)
     runs = [(name, rest)]
     if name == "all":
         p = argparse.ArgumentParser(prog="gfsa bench all")
@@ -99,13 +163,8 @@ def bench(argv: list[str]) -> None:
             )
             for b in BENCHMARKS
         ]
-    saved = sys.argv
-    try:
-        for b, args in runs:
-            sys.argv = [str(root / f"{b}.py"), *args]
-            runpy.run_path(sys.argv[0], run_name="__main__")
-    finally:
-        sys.argv = saved
+    for b, args in runs:
+        importlib.import_module(f"gfsa.ops.bench.{b}").main(args)
 
 
 if __name__ == "__main__":  # `python -m gfsa.cli run ...`: what sweep jobs run

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import FAST, compose
 
-STEPS = ["trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "logger=wandb", "analysis.every_n_epochs=1"]
+STEPS = ["trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "logger=wandb", "callbacks=analysis"]
 VARIANTS = {
     "baseline": ["gfsa.layers=none"],
     "gfsa": ["gfsa.layers=all", "gfsa.w0=0.1", "gfsa.wK=0.2"],
@@ -23,7 +23,7 @@ VARIANTS = {
 def digits_runs() -> dict:
     """``{"root": results dir, variant: record}`` for a baseline, a GFSA run and a ContraNorm run."""
 
-    from gfsa.train import run
+    from gfsa.runner.train import run
 
     root = Path(tempfile.mkdtemp(prefix="gfsa-digits-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)

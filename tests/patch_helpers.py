@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gfsa.patch import GFSACoefficients
+from gfsa.nn.attention import GFSACoefficients
 
 
 def coefficient_modules(model) -> list[GFSACoefficients]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import PYTHON, REPO
 
-from gfsa import results as R
+from gfsa.runner import results as R
 
 SCRIPT = REPO / "slurm" / "local-cluster.sh"
 CLUSTER_DIR = Path(os.environ.get("GFSA_SLURM_DIR", "/tmp/gfsa-slurm"))

@@ -15,10 +15,10 @@ import transformers as tf
 from digits_runs import digits_runs
 
 import gfsa
-from gfsa import analysis as A
-from gfsa import results as R
-from gfsa.methods import apply_method
-from gfsa.patch import UnsupportedModelError
+from gfsa.nn.patching import UnsupportedModelError
+from gfsa.ops import analysis as A
+from gfsa.runner import results as R
+from gfsa.zoo.methods import apply_method
 
 # --------------------------------------------------------------------------------------------------
 # analytic tests of the measurements

@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "attention.py"
+SCRIPT = ["-m", "gfsa.ops.bench.attention"]
 IMPLS = {"sdpa", "fused", "materialized", "official"}
 
 
 def test_attention_benchmark_fast(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--fast", "--out", str(out)],
+        [sys.executable, *SCRIPT, "--fast", "--out", str(out)],
         check=False,
         capture_output=True,
         text=True,
@@ -43,7 +42,7 @@ def test_attention_benchmark_fast(tmp_path):
 
 def test_attention_benchmark_skips_cells_over_the_memory_cap(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(SCRIPT), "--fast", "--lengths", "256", "--max-mem-gb", "0.05", "--out", str(out)]
+    cmd = [sys.executable, *SCRIPT, "--fast", "--lengths", "256", "--max-mem-gb", "0.05", "--out", str(out)]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cells = json.loads(out.read_text())["rows"][0]["impls"]

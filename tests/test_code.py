@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 from test_nlp import _check_record, _fails, check_table_composes
 
-from gfsa.train import run, run_job
+from gfsa.runner.train import run, run_job
 
 CODE_PRESETS = [f"code/defect_{m}" for m in ("roberta", "codebert", "plbart", "codet5_small", "codet5_base")] + [
     f"code/clone_{m}" for m in ("codet5_small", "codet5_base")
@@ -111,8 +111,8 @@ def test_pretrained_weights_load_under_every_head(code, backbone, task):
     """Checkpoint weights land in the wrapped model whatever head class wraps them (key prefixes differ)."""
     import transformers
 
-    from gfsa.backbones.hf_models import build
-    from gfsa.registry import resolve
+    from gfsa.runner.registry import resolve
+    from gfsa.zoo.backbones.hf_models import build
 
     cfg = OmegaConf.to_container(compose(_overrides(code, backbone, task, init="pretrained")), resolve=True)
     t = resolve("task", cfg["task"]["type"])(OmegaConf.create(cfg["task"]))
@@ -127,12 +127,13 @@ def test_pretrained_weights_load_under_every_head(code, backbone, task):
 
 def test_encoder_decoder_classifies_at_the_last_eos(code):
     """The pair head reads the decoder state at each sequence's EOS, whatever the padding after it."""
-    from gfsa.backbones import hf_models
-    from gfsa.tasks.text import PadCollator
+    from gfsa.zoo.backbones import hf_models
+    from gfsa.zoo.hub import load_tokenizer
+    from gfsa.zoo.tasks.text import PadCollator
 
     net = __import__("transformers").AutoModel.from_pretrained(code.ckpt["codet5"])
     model = hf_models.PairClassifier(net, 2).eval()
-    tok = hf_models.load_tokenizer(str(code.ckpt["codet5"]))
+    tok = load_tokenizer(str(code.ckpt["codet5"]))
     a, b = (torch.tensor(tok(s)["input_ids"]) for s in ("int f ( ) ;", "return len ; }"))
     short = PadCollator(tok.pad_token_id)([{"input_ids": (a, b)}])
     padded = PadCollator(tok.pad_token_id)([{"input_ids": (a, b)}, {"input_ids": (a, torch.cat([b, b[:-1], b]))}])
@@ -144,7 +145,7 @@ def test_encoder_decoder_classifies_at_the_last_eos(code):
 
 
 def test_code_metrics_match_sklearn():
-    from gfsa.tasks.code import CloneTask, DefectTask
+    from gfsa.zoo.tasks.code import CloneTask, DefectTask
 
     g = torch.Generator().manual_seed(0)
     logits, y = torch.randn(50, 2, generator=g), torch.randint(0, 2, (50,), generator=g)
@@ -162,7 +163,7 @@ def test_code_metrics_match_sklearn():
 
 
 def test_clone_validation_sample_is_fixed(code):
-    from gfsa.tasks.code import CloneTask
+    from gfsa.zoo.tasks.code import CloneTask
 
     cfg = OmegaConf.to_container(compose(_overrides(code, "roberta", "bigclonebench")).task, resolve=True)
     tasks = [CloneTask(OmegaConf.create(cfg | {"val_fraction": 0.5})) for _ in range(2)]
@@ -186,7 +187,7 @@ def test_ema_is_scored_per_evaluation_split(code, results_dir):
 
 def test_code_eval_splits_select_on_the_first(code, results_dir):
     """task.eval_splits=[test] scores only test.jsonl (no test_ metrics); a bad split name is one line."""
-    from gfsa.registry import ConfigError
+    from gfsa.utils.errors import ConfigError
 
     rec = run(
         compose(_overrides(code, "roberta", "devign", "gfsa.layers=none", "task.eval_splits=[test]"), results_dir)
@@ -257,7 +258,7 @@ def test_encoder_decoder_eos_mismatch(code, results_dir, tmp_path):
 
 @pytest.mark.parametrize("preset", CODE_PRESETS)
 def test_code_presets_compose(preset):
-    cfg = OmegaConf.to_container(compose([f"experiment={preset}"]), resolve=True)
+    cfg = OmegaConf.to_container(compose([f"preset={preset}"]), resolve=True)
     g, backbone = cfg["gfsa"], cfg["backbone"]["name"]
     assert (g["layers"], g["w0"], g["learn"], g["dropout_order"], g["cross_attention"]) == (
         "all",

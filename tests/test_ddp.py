@@ -18,7 +18,7 @@ import pytest
 from conftest import FAST, PYTHON, REPO
 from slurm_cluster import Reference, gfsa, manifest, slurm, wait_idle  # noqa: F401
 
-from gfsa import results as R
+from gfsa.runner import results as R
 
 COMMON = [
     "trainer.enable_progress_bar=false",
@@ -70,7 +70,7 @@ def test_two_srun_ranks_match_one_process_with_the_doubled_batch(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_local_launcher_starts_the_ranks_without_slurm(tmp_path):
-    """hydra/launcher=local: submitit's local executor starts 2 tasks; gfsa.train gives them the
+    """hydra/launcher=local: submitit's local executor starts 2 tasks; gfsa.runner.train gives them the
     torch.distributed variables from submitit's job environment, and Lightning joins them (gloo)."""
     launcher = ["hydra/launcher=local", "hydra.launcher.tasks_per_node=2", "trainer.devices=2"]
     cmd = [PYTHON, "run.py", "-m", *launcher, *FAST, "gfsa.layers=selected", f"paths.results_dir={tmp_path}"]

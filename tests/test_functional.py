@@ -1,4 +1,4 @@
-"""Numerics of gfsa.functional against an independent per-head reference written from the official formula.
+"""Numerics of gfsa.nn.functional against an independent per-head reference written from the official formula.
 
 The reference below shares no code with the library: explicit (b, h) loops, a plain softmax, and
 ``H = w0·I + w1·A + wK·(A + (K−1)(A@A − A))`` spelled out as the official code does, so an error in
@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gfsa import functional
-from gfsa.functional import attention_probs, gfsa_apply, gfsa_attention, gfsa_filter, gfsa_linear_attention
+from gfsa.nn import kernels
+from gfsa.nn.functional import attention_probs, gfsa_apply, gfsa_attention, gfsa_filter, gfsa_linear_attention
 
 F64 = torch.float64
 IMPLS = ("fused", "materialized", "auto")
@@ -331,7 +331,7 @@ def test_auto_picks_the_faster_exact_path_by_length_and_materialized_with_dropou
     args = (q, k, v, 0.1, 1.0, rand(H), 3)
     kind = "causal" if is_causal else "full"
     for limit, expected in ((L, "materialized"), (L - 1, "fused")):
-        monkeypatch.setitem(functional.AUTO_EXPLICIT_MAX_LEN["fp32"], kind, limit)
+        monkeypatch.setitem(kernels.AUTO_EXPLICIT_MAX_LEN["fp32"], kind, limit)
         auto = gfsa_attention(*args, is_causal=is_causal, impl="auto")
         assert torch.equal(auto, gfsa_attention(*args, is_causal=is_causal, impl=expected)), limit
     results = {}
@@ -345,8 +345,8 @@ def test_auto_picks_the_faster_exact_path_by_length_and_materialized_with_dropou
 
 def test_auto_crossover_depends_on_dtype_and_causality(monkeypatch):
     """bf16/fp16 use their own (shorter) crossover; fp64 uses the fp32 one; other devices always fuse."""
-    monkeypatch.setitem(functional.AUTO_EXPLICIT_MAX_LEN, "fp32", {"full": 64, "causal": 16})
-    monkeypatch.setitem(functional.AUTO_EXPLICIT_MAX_LEN, "half", {"full": 32, "causal": 16})
+    monkeypatch.setitem(kernels.AUTO_EXPLICIT_MAX_LEN, "fp32", {"full": 64, "causal": 16})
+    monkeypatch.setitem(kernels.AUTO_EXPLICIT_MAX_LEN, "half", {"full": 32, "causal": 16})
     for dtype, L, is_causal, expected in [
         (torch.float32, 48, False, "materialized"),
         (F64, 48, False, "materialized"),
@@ -356,9 +356,9 @@ def test_auto_crossover_depends_on_dtype_and_causality(monkeypatch):
         (torch.float32, 80, False, "fused"),
     ]:
         q = torch.zeros(1, 2, L, 8, dtype=dtype)
-        assert functional.auto_impl(q, 0.0, is_causal) == expected, (dtype, L, is_causal)
-    assert functional.auto_impl(torch.zeros(1, 2, 48, 8, device="meta"), 0.0, False) == "fused"
-    assert functional.auto_impl(torch.zeros(1, 2, 4096, 8), 0.1, False) == "materialized"  # dropout
+        assert kernels.auto_impl(q, 0.0, is_causal) == expected, (dtype, L, is_causal)
+    assert kernels.auto_impl(torch.zeros(1, 2, 48, 8, device="meta"), 0.0, False) == "fused"
+    assert kernels.auto_impl(torch.zeros(1, 2, 4096, 8), 0.1, False) == "materialized"  # dropout
 
 
 @pytest.mark.parametrize("K", [0, -1, 0.5, True, "3"])
@@ -454,7 +454,7 @@ def test_fully_masked_query_rows(w0):
 
 # The exact fast paths: one autograd.Function over (batch, head) blocks with the CPU flash kernel (fused) or
 # an explicit A per block (materialized without dropout). Small budgets force every way of cutting blocks.
-KERNELS = {"fused": functional._FlashBlocks, "materialized": functional._ExplicitBlocks}
+KERNELS = {"fused": kernels._FlashBlocks, "materialized": kernels._ExplicitBlocks}
 
 
 def budgets(B: int, H: int, head_bytes: int):
@@ -486,8 +486,8 @@ def test_blocked_paths_match_naive_and_gradcheck(monkeypatch, impl, blocks, mask
 @pytest.mark.parametrize("mask_kind", ["causal", "padding_and_bias_float"])
 def test_explicit_blocks_recompute_A_for_long_sequences(monkeypatch, mask_kind):
     """Short sequences keep A for the backward; long ones (here: all) recompute it, same numbers."""
-    monkeypatch.setattr(functional._ExplicitBlocks, "keep_ratio", 0)
-    monkeypatch.setattr(functional._ExplicitBlocks, "budget", 1)
+    monkeypatch.setattr(kernels._ExplicitBlocks, "keep_ratio", 0)
+    monkeypatch.setattr(kernels._ExplicitBlocks, "budget", 1)
     B, H, L, D = 2, 2, 5, 3
     q, k, v = (rand(B, H, L, D, requires_grad=True) for _ in range(3))
     wK = rand(H, requires_grad=True)

@@ -23,10 +23,10 @@ from sklearn.metrics import average_precision_score
 from torch_geometric.data import Batch, Data
 
 import gfsa
-from gfsa.experiments import load_table
-from gfsa.patch import GFSACoefficients
-from gfsa.registry import ConfigError
-from gfsa.train import run
+from gfsa.nn.attention import GFSACoefficients
+from gfsa.ops.tables import load_table
+from gfsa.runner.train import run
+from gfsa.utils.errors import ConfigError
 
 TINY_GRAPHORMER = [
     "backbone.num_layers=2",
@@ -144,7 +144,7 @@ def write_pcqm(root: Path, version: str = "pcqm4mv2", bad: bool = True) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
-# end to end through gfsa.train.run
+# end to end through gfsa.runner.train.run
 
 
 def _records(results_dir: Path) -> list[dict]:
@@ -156,7 +156,7 @@ def test_graphormer_zinc_baseline_and_gfsa_end_to_end(tmp_path, results_dir):
     data = write_zinc(tmp_path / "zinc")
     common = [
         *FAST,
-        "experiment=graph/graphormer_zinc",
+        "preset=graph/graphormer_zinc",
         f"task.data_dir={data}",
         "task.batch_size=8",
         "task.num_workers=0",
@@ -252,7 +252,7 @@ def test_pcqm4mv2_skips_unparseable_molecules_and_records_them(tmp_path, results
 
 
 def test_pcqm4m_v1_layout_loads(tmp_path):
-    from gfsa.tasks.graph import PCQMTask
+    from gfsa.zoo.tasks.graph import PCQMTask
 
     data = write_pcqm(tmp_path / "ogb", version="pcqm4m", bad=False)
     cfg = compose(["task=pcqm4m", f"task.data_dir={data}", "task.download=false"]).task
@@ -303,7 +303,7 @@ def test_failed_download_is_one_line_naming_the_missing_file(tmp_path, results_d
 
 
 def test_shortest_paths_match_networkx():
-    from gfsa.tasks.graph import UNREACHABLE, shortest_paths
+    from gfsa.zoo.tasks.graph import UNREACHABLE, shortest_paths
 
     g = nx.gnm_random_graph(12, 14, seed=3)
     g.add_node(12)  # an isolated node: unreachable from the others
@@ -331,7 +331,7 @@ def _graph_batch(task) -> Batch:
 
 @pytest.mark.parametrize("backbone", ["graphormer_slim", "gps"])
 def test_identity_at_init(tmp_path, backbone):
-    from gfsa.registry import resolve
+    from gfsa.runner.registry import resolve
 
     data = write_zinc(tmp_path / "zinc")
     cfg = compose(
@@ -361,7 +361,7 @@ def test_identity_at_init(tmp_path, backbone):
 
 
 def test_gps_attention_matches_torch_multihead_attention():
-    from gfsa.backbones.gps import GFSAMultiheadAttention
+    from gfsa.zoo.backbones.gps import GFSAMultiheadAttention
 
     torch.manual_seed(0)
     ref = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
@@ -379,8 +379,8 @@ def test_gps_attention_matches_torch_multihead_attention():
 
 def test_multi_hop_edge_encoding_matches_a_per_pair_computation():
     """Graphormer's edge bias on one graph equals Σ_hops emb(edge_hop) @ W_hop / d, computed pair by pair."""
-    from gfsa.backbones.graphormer import Graphormer
-    from gfsa.tasks.graph import StructuralEncodings
+    from gfsa.zoo.backbones.graphormer import Graphormer
+    from gfsa.zoo.tasks.graph import StructuralEncodings
 
     g = nx.path_graph(5)
     g.add_edges_from([(2, 5), (5, 6)])  # a tree: every shortest path is unique
@@ -410,7 +410,7 @@ def test_multi_hop_edge_encoding_matches_a_per_pair_computation():
 
 
 def test_metrics_match_reference_implementations(tmp_path):
-    from gfsa.tasks.graph import PeptidesTask, ZincTask
+    from gfsa.zoo.tasks.graph import PeptidesTask, ZincTask
 
     rng = np.random.default_rng(0)
     preds, labels = rng.normal(size=(40, 10)), (rng.random((40, 10)) < 0.4).astype(float)
@@ -438,12 +438,12 @@ def _graph_tables():
 
 
 def test_every_graph_preset_and_cell_composes():
-    presets = sorted((CONF_DIR / "experiment" / "graph").glob("*.yaml"))
+    presets = sorted((CONF_DIR / "preset" / "graph").glob("*.yaml"))
     assert len(presets) == 6
     for path in presets:
-        cfg = compose([f"experiment=graph/{path.stem}"])
+        cfg = compose([f"preset=graph/{path.stem}"])
         assert cfg.gfsa.layers == "all" and cfg.task.type in ("zinc", "pcqm", "peptides")
-    zinc = compose(["experiment=graph/graphormer_zinc"])
+    zinc = compose(["preset=graph/graphormer_zinc"])
     assert (zinc.gfsa.K, zinc.gfsa.dropout_order, zinc.optim.lr, zinc.optim.warmup_steps) == (2, "before", 2e-4, 40000)
     assert zinc.optim.schedule == "polynomial" and zinc.optim.schedule_kwargs.lr_end == 1e-9
     assert (zinc.task.batch_size, zinc.trainer.max_steps, zinc.backbone.hidden_dim) == (256, 400000, 80)

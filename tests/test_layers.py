@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gfsa.layers import SPEC_FORMS, LayerSpecError, normalize_spec, select_layers, spec_tag
+from gfsa.nn.layers import SPEC_FORMS, LayerSpecError, normalize_spec, select_layers, spec_tag
 
 DEPTHS = [1, 2, 12, 24]
 

@@ -10,12 +10,12 @@ from conftest import FAST, compose
 from omegaconf import OmegaConf
 
 import gfsa
-from gfsa import results as R
-from gfsa.backbones.efficient_attention import LRAEncoder
-from gfsa.patch import GFSACoefficients
-from gfsa.registry import ConfigError
-from gfsa.tasks import listops
-from gfsa.train import run
+from gfsa.nn.attention import GFSACoefficients
+from gfsa.runner import results as R
+from gfsa.runner.train import run
+from gfsa.utils.errors import ConfigError
+from gfsa.zoo.backbones.efficient_attention import LRAEncoder
+from gfsa.zoo.tasks import listops
 
 TINY_GEN = {"num_train": 48, "num_val": 16, "num_test": 8, "min_length": 10, "max_length": 60, "max_depth": 10}
 TINY = [

@@ -14,11 +14,11 @@ from digits_runs import digits_runs
 from omegaconf import OmegaConf
 
 import gfsa
-from gfsa import results as R
-from gfsa.functional import attention_probs
-from gfsa.methods import METHODS, apply_from_config, apply_method, method_parameters
-from gfsa.methods.attnscale import AttnScale
-from gfsa.registry import ConfigError
+from gfsa.nn.functional import attention_probs
+from gfsa.runner import results as R
+from gfsa.utils.errors import ConfigError
+from gfsa.zoo.methods import METHODS, apply_from_config, apply_method, method_parameters
+from gfsa.zoo.methods.attnscale import AttnScale
 
 IDENTITY = {"attnscale": {}, "featscale": {}, "contranorm": {"scale": 0.0, "learnable": True}}
 ACTIVE = {"attnscale": {"init": 0.5}, "featscale": {"init": 0.3}, "contranorm": {"scale": 0.5, "learnable": True}}
@@ -120,7 +120,7 @@ def test_parameter_counts_on_the_paper_backbones():
 
 
 def test_a_method_replaces_gfsa_unless_combined_explicitly():
-    cfg = OmegaConf.to_container(compose(["experiment=glue/bert_base", "method=contranorm"]), resolve=True)
+    cfg = OmegaConf.to_container(compose(["preset=glue/bert_base", "method=contranorm"]), resolve=True)
     with pytest.raises(ConfigError, match="gfsa.layers=all: add gfsa.layers=none") as e:
         apply_from_config(cfg, vit()[0])
     assert "\n" not in str(e.value)

@@ -1,4 +1,4 @@
-"""GLUE and causal language modelling through the real run path (gfsa.train.run / run_job).
+"""GLUE and causal language modelling through the real run path (gfsa.runner.train.run / run_job).
 
 Checkpoints are tiny random versions of BERT, ALBERT, RoBERTa and GPT-2 with tokenizers of the
 real classes, saved with save_pretrained; data are files in the official layouts (GLUE TSVs, PTB
@@ -24,10 +24,11 @@ from omegaconf import OmegaConf
 from scipy import special, stats
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from gfsa import results as R
-from gfsa.experiments import EXPERIMENTS_DIR, load_table
-from gfsa.registry import ConfigError, resolve
-from gfsa.train import run, run_job
+from gfsa.ops.tables import EXPERIMENTS_DIR, load_table
+from gfsa.runner import results as R
+from gfsa.runner.registry import resolve
+from gfsa.runner.train import run, run_job
+from gfsa.utils.errors import ConfigError
 
 NLP_PRESETS = [f"glue/{m}" for m in ("bert_base", "albert_base", "roberta_base")] + [
     f"lm/gpt2_{d}" for d in ("ptb", "wikitext2", "wikitext103")
@@ -258,7 +259,7 @@ def _lm_reference(logits, labels) -> dict:
 
 
 def _glue_metrics(task: str, logits, labels, world: int = 1, rank: int = 0) -> dict:
-    from gfsa.tasks.glue import GlueTask
+    from gfsa.zoo.tasks.glue import GlueTask
 
     t = GlueTask(OmegaConf.create({"name": task, "glue_task": task, "batch_size": 4, "max_length": 8}))
     m = t.metrics()
@@ -269,8 +270,8 @@ def _glue_metrics(task: str, logits, labels, world: int = 1, rank: int = 0) -> d
 
 
 def _lm_metrics(logits, labels, world: int = 1, rank: int = 0) -> dict:
-    from gfsa.recipes.lm import token_nll
-    from gfsa.tasks.lm import CausalLMTask
+    from gfsa.zoo.recipes.lm import token_nll
+    from gfsa.zoo.tasks.lm import CausalLMTask
 
     m = CausalLMTask(OmegaConf.create({"name": "ptb", "batch_size": 1, "block_size": 8})).metrics()
     for i in range(rank, len(labels), world):  # batches of one block
@@ -359,7 +360,7 @@ def test_glue_row_with_missing_fields(nlp, results_dir, tmp_path):
 
 def test_qqp_skips_rows_with_missing_fields_and_counts_them(nlp, tmp_path):
     """The official QQP TSVs hold a few short rows; transformers' processor skips them, and so does the suite."""
-    from gfsa.tasks.glue import GlueTask
+    from gfsa.zoo.tasks.glue import GlueTask
 
     glue = tmp_path / "glue"
     shutil.copytree(nlp.glue / "QQP", glue / "QQP")
@@ -424,7 +425,7 @@ def test_run_py_reports_bad_input_in_one_line(nlp, results_dir, tmp_path):
 
 @pytest.mark.parametrize("preset", NLP_PRESETS)
 def test_nlp_presets_compose(preset):
-    cfg = OmegaConf.to_container(compose([f"experiment={preset}"]), resolve=True)
+    cfg = OmegaConf.to_container(compose([f"preset={preset}"]), resolve=True)
     g = cfg["gfsa"]
     assert g["layers"] == "all" and g["learn"] == ["wK"] and g["dropout_order"] == "before" and cfg["seed"] == 2023
     assert cfg["backbone"]["type"] == "hf" and cfg["task"]["tokenizer"] == cfg["backbone"]["pretrained"]

@@ -12,20 +12,11 @@ from patch_helpers import coefficient_modules
 from torch import nn
 
 import gfsa
-from gfsa.functional import attention_probs, gfsa_attention, gfsa_filter
-from gfsa.layers import LayerSpecError
-from gfsa.patch import (
-    SUPPORTED,
-    GFSACoefficients,
-    GFSASettings,
-    UnsupportedModelError,
-    added_parameters,
-    apply_gfsa,
-    apply_gfsa_to_probs,
-    gfsa_parameters,
-    patched_layers,
-    reset_call_counters,
-)
+from gfsa.nn.attention import GFSACoefficients, apply_gfsa, apply_gfsa_to_probs, reset_call_counters
+from gfsa.nn.functional import attention_probs, gfsa_attention, gfsa_filter
+from gfsa.nn.layers import LayerSpecError
+from gfsa.nn.patching import SUPPORTED, UnsupportedModelError, added_parameters, gfsa_parameters, patched_layers
+from gfsa.nn.settings import GFSASettings
 
 DIM, HEADS, B, L, S = 16, 4, 2, 6, 9  # S: context length of the cross-attention
 
@@ -214,7 +205,7 @@ def _qkv(Lq=L, Lk=L, dtype=torch.float32):
 
 def _module(w0=0.0, w1=1.0, wK=0.0, K=3, cross=False, **settings):
     m = nn.Module()
-    m.gfsa = GFSACoefficients(HEADS, GFSASettings(K=K, **settings), w0, w1, wK, cross=cross)
+    m.gfsa = GFSACoefficients(HEADS, GFSASettings(K=K, w0=w0, w1=w1, wK=wK, **settings), cross=cross)
     return m
 
 
@@ -316,13 +307,13 @@ def test_model_with_attention_dropout_trains_and_is_deterministic_in_eval():
 
 
 def test_coefficients_learnable_sets_and_repr():
-    s = GFSASettings(K=4)
-    c = GFSACoefficients(3, s, w0=0.1, w1=1.0, wK=0.2, learn=("w0", "wK"))
+    s = GFSASettings(K=4, w0=0.1, w1=1.0, wK=0.2, learn=("w0", "wK"))
+    c = GFSACoefficients(3, s)
     assert {n for n, _ in c.named_parameters()} == {"w0", "wK"}
     assert {n for n, _ in c.named_buffers()} == {"w1"}
     assert torch.equal(c.w0, torch.full((3,), 0.1)) and torch.equal(c.wK, torch.full((3,), 0.2))
     assert "heads=3" in repr(c) and "K=4" in repr(c) and "'w0', 'wK'" in repr(c)
-    frozen = GFSACoefficients(3, s, learn=())
+    frozen = GFSACoefficients(3, GFSASettings(learn=()))
     assert list(frozen.parameters()) == [] and set(frozen.state_dict()) == {"w0", "w1", "wK"}
 
 
@@ -345,6 +336,9 @@ def test_shared_module_calls_and_reset():
         ({"impl": "flash"}, "impl"),
         ({"dropout_order": "never"}, "dropout_order"),
         ({"cross_attention": "square"}, "cross_attention"),
+        ({"wK": "abc"}, "gfsa.wK='abc': expected a finite number"),
+        ({"learn": ["w9"]}, "unknown"),
+        ({"layers": ""}, "empty"),
     ],
 )
 def test_settings_validation(kw, match):
@@ -421,3 +415,32 @@ def test_gfsa_parameters_for_an_optimizer_without_weight_decay():
     before = [p.detach().clone() for p in params]
     opt.step()
     assert all(not torch.equal(a, p) for a, p in zip(before, params, strict=True))
+
+
+def test_settings_are_one_normalised_value():
+    """Spellings a config or a caller may use are one settings object (equal, same hash)."""
+    a = GFSASettings(layers=-1, K="3", wK="0.5", learn="wK")
+    b = GFSASettings(layers=[-1], K=3.0, wK=0.5, learn=("wK",))
+    assert a == b and hash(a) == hash(b)
+    assert a.to_config() == {
+        "layers": [-1],
+        "K": 3,
+        "w0": 0.0,
+        "w1": 1.0,
+        "wK": 0.5,
+        "learn": ["wK"],
+        "impl": "auto",
+        "dropout_order": "after",
+        "cross_attention": "plain",
+    }
+    assert GFSASettings.from_mapping(a.to_config()) == a
+
+
+def test_settings_defaults_are_the_gfsa_config_group():
+    """The library's defaults and conf/gfsa/default.yaml say the same (the YAML is what runs use)."""
+    import yaml
+    from conftest import CONF_DIR
+
+    assert GFSASettings.from_mapping(yaml.safe_load((CONF_DIR / "gfsa" / "default.yaml").read_text())) == GFSASettings(
+        layers="selected"
+    )

@@ -21,14 +21,9 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 import gfsa
-from gfsa.layers import LayerSpecError
-from gfsa.patch import (
-    UnsupportedModelError,
-    added_parameters,
-    gfsa_parameters,
-    patched_layers,
-)
-from gfsa.patch import hf as gfsa_hf
+from gfsa.nn.adapters import hf as gfsa_hf
+from gfsa.nn.layers import LayerSpecError
+from gfsa.nn.patching import UnsupportedModelError, added_parameters, gfsa_parameters, patched_layers
 
 VOCAB = 100
 HEADS = 4

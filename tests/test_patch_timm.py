@@ -18,13 +18,8 @@ from timm.models.cait import ClassAttn, TalkingHeadAttn
 from timm.models.swin_transformer import WindowAttention
 
 import gfsa
-from gfsa.layers import LayerSpecError
-from gfsa.patch import (
-    UnsupportedModelError,
-    added_parameters,
-    gfsa_parameters,
-    patched_layers,
-)
+from gfsa.nn.layers import LayerSpecError
+from gfsa.nn.patching import UnsupportedModelError, added_parameters, gfsa_parameters, patched_layers
 
 IMG = 32
 B = 2

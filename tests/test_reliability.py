@@ -21,11 +21,11 @@ import pytest
 from conftest import FAST, PYTHON, REPO, compose
 from omegaconf import OmegaConf
 
-from gfsa import results as R
-from gfsa.config import normalise
-from gfsa.lock import LOCK, RunLock, RunLocked, read_holder
-from gfsa.registry import ConfigError
-from gfsa.train import run
+from gfsa.runner import results as R
+from gfsa.runner.config import normalise
+from gfsa.runner.lock import LOCK, RunLock, RunLocked, read_holder
+from gfsa.runner.train import run
+from gfsa.utils.errors import ConfigError
 
 DIGITS = ["trainer.limit_train_batches=3", "trainer.limit_val_batches=2"]
 # One epoch of single-image steps (~10 s on this CPU): long enough to signal a run in the middle of it.
@@ -107,7 +107,7 @@ def test_a_gfsa_run_that_diverges_is_recorded_as_diverged_and_never_compared(tmp
     again = cli(*FAST, *DIGITS, "gfsa.layers=all", "gfsa.w0=1e30", f"paths.results_dir={tmp_path}")
     assert again.returncode == 4 and "already diverged" in again.stdout  # never trained again, still an error
 
-    from gfsa import report as rp
+    from gfsa.ops import report as rp
 
     collected = rp.collect(rp.local_records([tmp_path]))
     assert [r.record["variant"] for r in collected.runs] == ["baseline"]
@@ -240,7 +240,7 @@ def test_two_gfsa_variants_started_together_train_their_baseline_once(tmp_path):
 
 
 def test_a_dead_holder_on_this_host_releases_the_lock_at_once(tmp_path):
-    code = f"from gfsa.lock import RunLock; RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); input()"
+    code = f"from gfsa.runner.lock import RunLock; RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); input()"
     holder = subprocess.Popen([PYTHON, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(RunLocked, match=f"pid {holder.pid}"):
@@ -549,7 +549,7 @@ def test_a_corrupt_record_is_moved_aside_with_a_word(tmp_path):
 
 
 def test_sweep_status_counts_diverged_cells_apart(tmp_path):
-    from gfsa import sweep
+    from gfsa.ops import sweep
 
     cells = []
     for i, status in enumerate(("finished", "diverged")):
@@ -593,7 +593,7 @@ def test_each_config_value_is_checked_where_it_enters(key, value, message):
 
 
 def test_normalise_is_idempotent_and_keeps_the_yaml_types():
-    cfg = OmegaConf.to_container(compose(["experiment=imagenet/deit_s"]), resolve=True)
+    cfg = OmegaConf.to_container(compose(["preset=imagenet/deit_s"]), resolve=True)
     once = normalise(cfg)
     assert normalise(once) == once
     assert once["optim"]["lr_batch_base"] == 512 and isinstance(once["optim"]["lr_batch_base"], int)
@@ -604,9 +604,9 @@ def test_normalising_keeps_the_run_directories_of_every_preset():
     """Results dirs written before normalisation existed still name the same runs."""
     from conftest import CONF_DIR
 
-    from gfsa.console import group_options
+    from gfsa.runner.console import group_options
 
-    for preset in group_options(CONF_DIR, "experiment"):
+    for preset in group_options(CONF_DIR, "preset"):
         for layers in ("none", "all", "selected"):
-            cfg = OmegaConf.to_container(compose([f"experiment={preset}", f"gfsa.layers={layers}"]), resolve=True)
+            cfg = OmegaConf.to_container(compose([f"preset={preset}", f"gfsa.layers={layers}"]), resolve=True)
             assert R.run_dir(normalise(cfg)) == R.run_dir(cfg), (preset, layers)

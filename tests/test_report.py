@@ -16,8 +16,8 @@ from conftest import PYTHON, REPO, compose
 from digits_runs import digits_runs
 from omegaconf import OmegaConf
 
-from gfsa import report as rp
-from gfsa import results as R
+from gfsa.ops import report as rp
+from gfsa.runner import results as R
 
 TOY = """title: Toy table (vit_mini on digits)
 direction: up
@@ -43,7 +43,7 @@ def _cache(tmp_path_factory):
 
 
 def write_record(root: Path, overrides: list[str], acc: float, step: float, finished: str = "2026-01-02T00:00:00"):
-    """A results record as gfsa.train writes it, for the config ``overrides`` compose to."""
+    """A results record as gfsa.runner.train writes it, for the config ``overrides`` compose to."""
     cfg = OmegaConf.to_container(compose(overrides, root), resolve=True)
     rdir = R.run_dir(cfg)
     record = {
@@ -162,10 +162,10 @@ def test_paper_tables_match_records_through_presets(tmp_path):
     data_dir) does not matter; what it computes (epochs) does."""
     root = tmp_path / "results"
     extra = ["task.data_dir=/data/imagenet", "trainer.devices=8", "task.batch_size=128"]
-    write_record(root, ["experiment=imagenet/deit_s", "gfsa.layers=none", *extra], 0.797, 1.0)
-    write_record(root, ["experiment=imagenet/deit_s", "method=attnscale", "gfsa.layers=none", *extra], 0.806, 1.1)
+    write_record(root, ["preset=imagenet/deit_s", "gfsa.layers=none", *extra], 0.797, 1.0)
+    write_record(root, ["preset=imagenet/deit_s", "method=attnscale", "gfsa.layers=none", *extra], 0.806, 1.1)
     write_record(
-        root, ["experiment=imagenet/deit_s", "method=featscale", "gfsa.layers=none", "trainer.max_epochs=300"], 0.81, 1
+        root, ["preset=imagenet/deit_s", "method=featscale", "gfsa.layers=none", "trainer.max_epochs=300"], 0.81, 1
     )
     rep = rp.run([str(root)], out=str(tmp_path / "out"), tables=["compared_imagenet"], echo=lambda m: None)
     _, rows = rep.tables["compared_imagenet"]

@@ -11,9 +11,9 @@ import pytest
 from conftest import FAST, compose
 from omegaconf import OmegaConf
 
-from gfsa import results as R
-from gfsa.requeue import EXIT_CODE, Stopped
-from gfsa.train import run
+from gfsa.runner import results as R
+from gfsa.runner.requeue import EXIT_CODE, Stopped
+from gfsa.runner.train import run
 
 # 3 epochs of 5 steps: signals can land mid-epoch, on an epoch's last batch, or between epochs.
 RESUME = [*FAST, "trainer.max_epochs=3", "trainer.limit_train_batches=5", "trainer.limit_val_batches=2"]

@@ -12,10 +12,10 @@ import torch
 from conftest import CONF_DIR, FAST, PYTHON, REPO, compose
 from omegaconf import OmegaConf
 
-from gfsa import results as R
-from gfsa.console import group_options
-from gfsa.registry import ConfigError
-from gfsa.train import prepare, run, run_job
+from gfsa.runner import results as R
+from gfsa.runner.console import group_options
+from gfsa.runner.train import prepare, run, run_job
+from gfsa.utils.errors import ConfigError
 
 DIGITS = ["trainer.limit_train_batches=3", "trainer.limit_val_batches=2"]
 
@@ -41,8 +41,8 @@ def test_every_conf_option_composes(group):
 
 
 def test_every_experiment_preset_composes():
-    for preset in group_options(CONF_DIR, "experiment"):
-        cfg = compose([f"experiment={preset}"])
+    for preset in group_options(CONF_DIR, "preset"):
+        cfg = compose([f"preset={preset}"])
         assert cfg.backbone.name and cfg.task.name, preset
 
 
@@ -85,7 +85,7 @@ def test_same_config_same_directory_and_no_retraining(results_dir):
 def test_baseline_and_gfsa_start_from_the_same_weights(results_dir):
     """Same seed, so the only difference between the pair is GFSA (identity at init)."""
     import gfsa
-    from gfsa.backbones import patch_target
+    from gfsa.zoo.backbones import patch_target
 
     base = prepare(compose([*FAST, "gfsa.layers=none"], results_dir))
     ours = prepare(compose([*FAST, "gfsa.layers=all"], results_dir))

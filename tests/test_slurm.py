@@ -15,7 +15,7 @@ from slurm_cluster import Reference, env, gfsa, manifest, queue, slurm, wait_for
 from test_resume import _comparable
 from wandb_log import logged
 
-from gfsa import results as R
+from gfsa.runner import results as R
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm")]
 SWEEP = ["hydra/launcher=slurm_cpu", *FAST, "gfsa.layers=none,selected", "seed=0,1"]

@@ -17,9 +17,9 @@ import torch
 from conftest import CONF_DIR, FAST, REPO, compose
 
 import gfsa
-from gfsa.experiments import load_table
-from gfsa.registry import ConfigError
-from gfsa.train import run
+from gfsa.ops.tables import load_table
+from gfsa.runner.train import run
+from gfsa.utils.errors import ConfigError
 
 WORDS = ["THE", "CAT", "SAT", "ON", "A", "MAT", "DOG", "RAN", "HOME", "SUN"]
 SPLITS = {"train-clean-100": 8, "dev-clean": 3, "test-clean": 3, "test-other": 3}
@@ -79,7 +79,7 @@ def _common(data: Path) -> list[str]:
 def test_asr_transformer_baseline_and_gfsa_end_to_end(tmp_path, results_dir, cache_dir):
     """The paper preset itself (K=4, Adam + Noam warm-up, SpecAugment, CTC rescoring), at a tiny size on CPU."""
     data = write_librispeech(tmp_path / "LibriSpeech")
-    common = [*_common(data), "experiment=speech/transformer_100h", "task.tokenizer=char", *PRESET_ON_CPU, *TINY]
+    common = [*_common(data), "preset=speech/transformer_100h", "task.tokenizer=char", *PRESET_ON_CPU, *TINY]
     base = run(compose([*common, "gfsa.layers=none"], results_dir))
     record = run(compose([*common, "gfsa.layers=all"], results_dir))
     for r in (base, record):
@@ -127,7 +127,7 @@ def test_transcript_line_without_audio_fails_before_any_run_dir(tmp_path, result
 
 
 def test_wrong_sample_rate_is_resampled_or_refused(tmp_path, results_dir, cache_dir, caplog):
-    from gfsa.tasks.speech import LibriSpeechTask, read_audio
+    from gfsa.zoo.tasks.speech import LibriSpeechTask, read_audio
 
     data = write_librispeech(tmp_path / "LibriSpeech")
     odd = next((data / "test-other").rglob("*.flac"))
@@ -161,7 +161,7 @@ def test_missing_split_and_bad_tokenizer_are_named(tmp_path, results_dir, cache_
 
 
 def _task_and_batch(tmp_path, tokenizer="char"):
-    from gfsa.tasks.speech import LibriSpeechTask, collate_speech
+    from gfsa.zoo.tasks.speech import LibriSpeechTask, collate_speech
 
     data = write_librispeech(tmp_path / "LibriSpeech")
     task = LibriSpeechTask(
@@ -173,9 +173,9 @@ def _task_and_batch(tmp_path, tokenizer="char"):
 
 @pytest.mark.parametrize(("backbone", "K"), [("asr_transformer", 4), ("branchformer", 3)])
 def test_identity_at_init_and_encoder_only(tmp_path, cache_dir, backbone, K):
-    from gfsa.backbones import patch_target
-    from gfsa.patch import GFSACoefficients
-    from gfsa.registry import resolve
+    from gfsa.nn.attention import GFSACoefficients
+    from gfsa.runner.registry import resolve
+    from gfsa.zoo.backbones import patch_target
 
     task, batch = _task_and_batch(tmp_path)
     cfg = compose([f"backbone={backbone}", *(TINY_BRANCHFORMER if backbone == "branchformer" else TINY)]).backbone
@@ -199,7 +199,7 @@ def test_identity_at_init_and_encoder_only(tmp_path, cache_dir, backbone, K):
 
 def test_beam_search_agrees_with_greedy_and_rescoring(tmp_path, cache_dir):
     """Beam 1 = step-by-step greedy decoding; beam search never scores worse than greedy."""
-    from gfsa.registry import resolve
+    from gfsa.runner.registry import resolve
 
     task, batch = _task_and_batch(tmp_path)
     cfg = compose(["backbone=asr_transformer", *TINY]).backbone
@@ -229,7 +229,7 @@ def test_beam_search_agrees_with_greedy_and_rescoring(tmp_path, cache_dir):
 
 
 def test_wer_matches_jiwer_and_tokenizers_round_trip(tmp_path, cache_dir):
-    from gfsa.tasks.speech import LibriSpeechTask, Tokenizer
+    from gfsa.zoo.tasks.speech import LibriSpeechTask, Tokenizer
 
     refs = ["THE CAT SAT ON A MAT", "A DOG RAN HOME", "SUN", "THE CAT"]
     hyps = ["THE CAT SAT ON MAT", "A DOG RUN HOME NOW", "", "CAT THE"]
@@ -246,7 +246,7 @@ def test_wer_matches_jiwer_and_tokenizers_round_trip(tmp_path, cache_dir):
 
 
 def test_specaugment_masks_bands_within_the_utterance():
-    from gfsa.tasks.speech import spec_augment
+    from gfsa.zoo.tasks.speech import spec_augment
 
     torch.manual_seed(0)
     x = torch.ones(4, 50, 80)
@@ -264,7 +264,7 @@ def test_specaugment_masks_bands_within_the_utterance():
 
 
 def test_every_speech_preset_and_cell_composes():
-    presets = sorted((CONF_DIR / "experiment" / "speech").glob("*.yaml"))
+    presets = sorted((CONF_DIR / "preset" / "speech").glob("*.yaml"))
     assert {p.stem for p in presets} == {
         "transformer_100h",
         "transformer_960h",
@@ -272,9 +272,9 @@ def test_every_speech_preset_and_cell_composes():
         "branchformer_960h",
     }
     for path in presets:
-        cfg = compose([f"experiment=speech/{path.stem}"])
+        cfg = compose([f"preset=speech/{path.stem}"])
         assert cfg.gfsa.layers == "all" and cfg.task.type == "librispeech" and cfg.task.vocab_size == 5000
-    t = compose(["experiment=speech/transformer_100h"])
+    t = compose(["preset=speech/transformer_100h"])
     assert (t.gfsa.K, t.backbone.encoder_layers, t.backbone.decoder_layers, t.backbone.d_model) == (4, 12, 6, 512)
     assert (t.backbone.attention_heads, t.backbone.ctc_weight, t.optim.lr, t.optim.warmup_steps) == (
         4,
@@ -282,7 +282,7 @@ def test_every_speech_preset_and_cell_composes():
         1e-3,
         25000,
     )
-    b = compose(["experiment=speech/branchformer_960h"])
+    b = compose(["preset=speech/branchformer_960h"])
     assert (b.gfsa.K, b.backbone.encoder_layers, b.backbone.label_smoothing, b.optim.lr) == (3, 18, 0.1, 8e-4)
     assert b.task.train_splits == ["train-clean-100", "train-clean-360", "train-other-500"]
     cells = load_table(REPO / "experiments" / "speech.yaml").cells

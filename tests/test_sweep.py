@@ -8,10 +8,10 @@ import subprocess
 import pytest
 from conftest import CONF_DIR, FAST, PYTHON, REPO
 
-from gfsa.config import PRECISIONS
-from gfsa.console import group_options
-from gfsa.registry import ConfigError
-from gfsa.sweep import expand, plan, table_runs
+from gfsa.ops.sweep import expand, plan, table_runs
+from gfsa.runner.config import PRECISIONS
+from gfsa.runner.console import group_options
+from gfsa.utils.errors import ConfigError
 
 
 def test_every_launcher_preset_composes_and_leaves_requeue_to_gfsa():

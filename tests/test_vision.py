@@ -28,11 +28,12 @@ from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DistributedSampler
 
 import gfsa
-from gfsa.backbones import patch_target
-from gfsa.experiments import load_tables
-from gfsa.registry import ConfigError, resolve
-from gfsa.tasks.imagenet import read_class_list
-from gfsa.train import run
+from gfsa.ops.tables import load_tables
+from gfsa.runner.registry import resolve
+from gfsa.runner.train import run
+from gfsa.utils.errors import ConfigError
+from gfsa.zoo.backbones import patch_target
+from gfsa.zoo.tasks.imagenet import read_class_list
 
 CLASSES = ["n01558993", "n01692333", "n01729322"]  # three ImageNet-100 wnids
 IMAGENET100 = read_class_list("imagenet100")
@@ -76,7 +77,7 @@ def overrides(backbone: str, data_dir: Path, *extra: str) -> list[str]:
     """The backbone's paper preset, shrunk, on CPU: 2 micro-batches of 4 make one optimizer step of 8."""
     return [
         *FAST,
-        f"experiment=imagenet/{PRESET[backbone]}",
+        f"preset=imagenet/{PRESET[backbone]}",
         f"backbone={backbone}",
         *SHRINK[backbone],
         f"task.data_dir={data_dir}",
@@ -179,7 +180,7 @@ def test_checkpoint_loads_and_patch_starts_at_identity(backbone, data, tmp_path)
 )
 def test_full_size_models_match_the_paper(preset, params_m, added, data):
     """The presets' models at 224 px: the paper's parameter counts (1000-class head) and GFSA's additions."""
-    cfg = compose([f"experiment=imagenet/{preset}", f"task.data_dir={data}"])
+    cfg = compose([f"preset=imagenet/{preset}", f"task.data_dir={data}"])
     _, model = build(cfg)
     gfsa.patch(patch_target(model), layers=cfg.gfsa.layers, K=cfg.gfsa.K)
     head = model.net.get_classifier()
@@ -222,7 +223,7 @@ def test_bad_checkpoints_name_backbone_pretrained(data, tmp_path):
 def test_deit_recipe_is_wired(data):
     import lightning as L
 
-    from gfsa.recipes.classification import ClassificationRecipe
+    from gfsa.zoo.recipes.classification import ClassificationRecipe
 
     cfg = compose(overrides("deit", data))
     task, model = build(cfg)
@@ -279,10 +280,10 @@ def test_smoothing_alone_equals_label_smoothing_cross_entropy(data):
 
 
 def test_imagenet_presets_compose():
-    presets = sorted(p.stem for p in (REPO / "conf/experiment/imagenet").glob("*.yaml"))
+    presets = sorted(p.stem for p in (REPO / "conf/preset/imagenet").glob("*.yaml"))
     assert presets == ["cait_s24", "contranorm_deit_s", "contranorm_deit_t", "deit_s", "deit_s24", "swin_s"]
     for p in presets:
-        cfg = compose([f"experiment=imagenet/{p}"])
+        cfg = compose([f"preset=imagenet/{p}"])
         assert cfg.task.global_batch_size in (512, 1024) and cfg.trainer.accumulate_grad_batches == "auto"
         assert cfg.optim.schedule == "timm_cosine" and cfg.optim.lr == 5e-4 and cfg.optim.lr_batch_base == 512
 

@@ -1,0 +1,281 @@
+"""Training-step and inference time and peak memory of whole models: no GFSA vs GFSA (selected / all layers),
+ours vs the official formulation.
+
+Why: the paper reports GFSA's training cost per epoch (DeiT-S +48%, GPT-2 +81%, BERT about +7%) from
+the official code, which forms ``A @ A``. This measures the same models, built random-init from
+timm/transformers configs (no downloads), patched with :func:`gfsa.patch` exactly as training runs
+are, and routed through the official formulation for the comparison (``official_formulation``).
+
+    python benchmarks/models.py                                   # DeiT-S, BERT-base, GPT-2 on CPU
+    python benchmarks/models.py --models gpt2 --repeats 7 --out models.json
+    python benchmarks/models.py --device cuda --dtype bf16 --batch-scale 8
+    python benchmarks/models.py --fast                            # smoke test: tiny configs, 1 repetition
+
+A training step is forward, backward and an AdamW step (gradients set to None after it); inference is
+a forward pass under ``torch.no_grad`` in eval mode. Attention dropout is off in every variant
+(``--attention-dropout`` sets it): with it on, exact GFSA needs the explicit ``A`` (the official
+dropout semantics), which measures dropout rather than the filter. Each model family's variants are
+timed interleaved, median of ``--repeats`` after ``--warmup``; overhead = median side-by-side ratio − 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from rich.table import Table
+
+import gfsa
+from gfsa.ops.bench.common import (
+    DTYPES,
+    MIB,
+    add_common_args,
+    console,
+    environment,
+    finish,
+    fmt,
+    interleaved,
+    official_formulation,
+    peak_bytes,
+    setup,
+    time_ratio,
+)
+
+VARIANTS = ("none", "selected", "all", "selected_official", "all_official")
+
+
+@dataclass
+class Spec:
+    """One model family: how to build it, its inputs, and the paper's GFSA settings."""
+
+    name: str
+    K: int
+    dropout_order: str
+    batch: int
+    length: int  # tokens per sequence (DeiT: 196 patches + CLS)
+    paper_overhead_pct: dict
+
+    def build(self, fast: bool, attention_dropout: float):
+        return BUILDERS[self.name](fast, attention_dropout)
+
+    def inputs(self, model, batch: int, device, fast: bool) -> tuple[dict, callable]:
+        return INPUTS[self.name](model, batch, device, fast)
+
+
+def _deit(fast, p):
+    import timm
+
+    kwargs = {"img_size": 32, "depth": 2, "embed_dim": 64, "num_heads": 2} if fast else {}
+    return timm.create_model("deit_small_patch16_224", pretrained=False, attn_drop_rate=p, **kwargs)
+
+
+def _bert(fast, p):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    small = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
+    cfg = BertConfig(num_labels=2, attention_probs_dropout_prob=p, **(small if fast else {}))
+    return BertForSequenceClassification(cfg)
+
+
+def _gpt2(fast, p):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    small = {"n_embd": 64, "n_layer": 2, "n_head": 2, "vocab_size": 1000, "n_positions": 128}
+    return GPT2LMHeadModel(GPT2Config(attn_pdrop=p, **(small if fast else {})))
+
+
+def _deit_inputs(model, batch, device, fast):
+    size = 32 if fast else 224
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, model.num_classes, (batch,), device=device)
+    return {"x": x}, lambda out: F.cross_entropy(out, y)
+
+
+def _text_inputs(length):
+    def make(model, batch, device, fast):
+        n = 32 if fast else length
+        ids = torch.randint(0, model.config.vocab_size, (batch, n), device=device)
+        if model.config.model_type == "gpt2":
+            return {"input_ids": ids, "labels": ids}, lambda out: out.loss
+        labels = torch.randint(0, 2, (batch,), device=device)
+        mask = torch.ones_like(ids)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}, lambda out: out.loss
+
+    return make
+
+
+# Paper, training time per epoch (reference.yaml overhead.train_s_per_epoch): DeiT-S 551 → 814 s, even layers
+# 595 s; BERT (GLUE average) 541 → 577 s, even 553 s; GPT-2 (PTB) 89.1 → 160.3 s, even 127.4 s.
+SPECS = {
+    "deit_s": Spec("deit_s", 4, "after", batch=8, length=197, paper_overhead_pct={"selected": 8.0, "all": 47.7}),
+    "bert_base": Spec("bert_base", 4, "before", batch=8, length=128, paper_overhead_pct={"selected": 2.2, "all": 6.7}),
+    "gpt2": Spec("gpt2", 7, "before", batch=1, length=1024, paper_overhead_pct={"selected": 43.0, "all": 79.9}),
+}
+BUILDERS = {"deit_s": _deit, "bert_base": _bert, "gpt2": _gpt2}
+INPUTS = {"deit_s": _deit_inputs, "bert_base": _text_inputs(128), "gpt2": _text_inputs(1024)}
+
+
+class Variant:
+    """One model variant with its optimizer; ``step`` trains once, ``infer`` runs one forward pass."""
+
+    def __init__(self, base, spec: Spec, variant: str, args, inputs: dict, loss_of):
+        self.model = copy.deepcopy(base)
+        layers = variant.removesuffix("_official")
+        if layers != "none":  # wK ≠ 0 so that the A² term counts (the outputs of ours and official are compared)
+            gfsa.patch(
+                self.model, layers=layers, K=spec.K, wK=args.wK, impl=args.impl, dropout_order=spec.dropout_order
+            )
+        self.official = variant.endswith("_official")
+        self.device, self.dtype = torch.device(args.device), DTYPES[args.dtype]
+        self.model.to(self.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-5)
+        self.inputs, self.loss_of = inputs, loss_of
+
+    def _context(self):
+        return official_formulation() if self.official else _nothing()
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    def step(self) -> None:
+        self.model.train()
+        with self._context():
+            with self._autocast():
+                loss = self.loss_of(self.model(**self.inputs))
+            loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def infer(self):
+        self.model.eval()
+        with self._context(), self._autocast():
+            out = self.model(**{k: v for k, v in self.inputs.items() if k != "labels"})
+        return out if isinstance(out, torch.Tensor) else out.logits
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def run_model(spec: Spec, args, out) -> dict:
+    torch.manual_seed(0)
+    base = spec.build(args.fast, args.attention_dropout)
+    batch = 2 if args.fast else max(1, round(spec.batch * args.batch_scale))
+    inputs, loss_of = spec.inputs(base, batch, torch.device(args.device), args.fast)  # one batch for all variants
+    variants = {name: Variant(base, spec, name, args, inputs, loss_of) for name in VARIANTS}
+    del base
+    # Same weights everywhere: ours and the official formulation must agree, and GFSA must change the output.
+    outs = {name: v.infer().float() for name, v in variants.items()}
+    agree = {layers: (outs[layers] - outs[f"{layers}_official"]).abs().max().item() for layers in ("selected", "all")}
+    if max(agree.values()) > 1e-3 * max(1.0, outs["all"].abs().max().item()) or torch.equal(outs["all"], outs["none"]):
+        raise SystemExit(f"{spec.name}: GFSA variants disagree with the official formulation ({agree}); not timing")
+    del outs
+    cells = {}
+    for name, v in variants.items():
+        v.step()  # optimizer state and lazy initialisations outside the measurement
+        cells[name] = {"train_peak_mib": peak_bytes(v.step, v.device) / MIB}
+        cells[name]["added_parameters"] = gfsa.added_parameters(v.model)
+    train = interleaved({n: v.step for n, v in variants.items()}, args.repeats, args.warmup, torch.device(args.device))
+    infer = interleaved({n: v.infer for n, v in variants.items()}, args.repeats, args.warmup, torch.device(args.device))
+    for name in VARIANTS:
+        cells[name]["train"], cells[name]["infer"] = train[name], infer[name]
+
+    def overhead(a: str, b: str, kind: str) -> float | None:
+        r = time_ratio(cells[a][kind], cells[b][kind])
+        return None if r is None else 100 * (r - 1)
+
+    row = {
+        "model": spec.name,
+        "batch": batch,
+        "tokens": spec.length if not args.fast else None,
+        "K": spec.K,
+        "max_abs_diff_vs_official": agree,
+        "variants": cells,
+        "train_overhead_pct": {n: overhead(n, "none", "train") for n in VARIANTS[1:]},
+        "infer_overhead_pct": {n: overhead(n, "none", "infer") for n in VARIANTS[1:]},
+        "official_over_ours_train": {
+            layers: time_ratio(cells[f"{layers}_official"]["train"], cells[layers]["train"])
+            for layers in ("selected", "all")
+        },
+        "paper_overhead_pct": spec.paper_overhead_pct,
+    }
+    times = ", ".join(f"{n} {cells[n]['train']['time_ms']:.0f} ms" for n in VARIANTS)
+    out.log(f"{spec.name}: train step {times}")
+    return row
+
+
+def tables(rows: list[dict], env: dict, args) -> list[Table]:
+    caption = (
+        f"{env['dtype']} {env['device']} ({env['threads']} threads), torch {env['torch']}, attention dropout "
+        f"{args.attention_dropout:g}, impl={args.impl}; overhead vs the same model without GFSA; paper: per-epoch time"
+    )
+    t = Table(title="Training step (fwd+bwd+AdamW): median ms, overhead vs no GFSA", caption=caption)
+    for col in ("model", "batch", *VARIANTS, "sel. +%", "all +%", "off. sel. +%", "off. all +%", "paper sel./all +%"):
+        t.add_column(col, justify="right", no_wrap=True)
+    m = Table(title="Peak memory of a training step, MiB (above parameters and optimizer state)", caption=caption)
+    for col in ("model", *VARIANTS, "all/none", "off. all/none"):
+        m.add_column(col, justify="right", no_wrap=True)
+    i = Table(title="Inference (forward, no grad): median ms, overhead vs no GFSA", caption=caption)
+    for col in ("model", *VARIANTS, "sel. +%", "all +%", "off. all +%"):
+        i.add_column(col, justify="right", no_wrap=True)
+    for row in rows:
+        c, o, io, p = row["variants"], row["train_overhead_pct"], row["infer_overhead_pct"], row["paper_overhead_pct"]
+        t.add_row(
+            row["model"],
+            str(row["batch"]),
+            *(fmt(c[n]["train"]["time_ms"], ".0f") for n in VARIANTS),
+            *(fmt(o[n], "+.1f", "%") for n in ("selected", "all", "selected_official", "all_official")),
+            f"+{p.get('selected', 0):.1f}% / +{p['all']:.1f}%",
+        )
+        peak = {n: c[n]["train_peak_mib"] for n in VARIANTS}
+        m.add_row(
+            row["model"],
+            *(fmt(peak[n], ".0f") for n in VARIANTS),
+            fmt(peak["all"] / peak["none"], ".2f", "×"),
+            fmt(peak["all_official"] / peak["none"], ".2f", "×"),
+        )
+        i.add_row(
+            row["model"],
+            *(fmt(c[n]["infer"]["time_ms"], ".0f") for n in VARIANTS),
+            *(fmt(io[n], "+.1f", "%") for n in ("selected", "all", "all_official")),
+        )
+    return [t, m, i]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", choices=sorted(SPECS), default=list(SPECS))
+    p.add_argument("--batch-scale", type=float, default=1.0, help="multiply the CPU batch sizes (8, 8, 1)")
+    p.add_argument("--attention-dropout", type=float, default=0.0)
+    p.add_argument("--impl", default="auto", choices=["auto", "fused", "materialized"], help="our GFSA path")
+    p.add_argument("--wK", type=float, default=0.1, help="initial wK of the patched variants (nonzero: A² counts)")
+    p.add_argument("--fast", action="store_true", help="smoke test: tiny configs, one repetition")
+    add_common_args(p)
+    args = p.parse_args(argv)
+    if args.fast:
+        args.repeats, args.warmup = 1, 0
+    setup(args, p)
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out = console()
+    env = environment(args)
+    rows = [run_model(SPECS[name], args, out) for name in args.models]
+    keys = ("models", "batch_scale", "attention_dropout", "impl", "wK", "repeats", "warmup")
+    config = {k: getattr(args, k) for k in keys}
+    result = {"config": {**config, "fast": args.fast}, "environment": env, "variants": list(VARIANTS), "rows": rows}
+    return finish(result, tables(rows, env, args), args, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Every value of a run's config is checked and normalised once, where it enters (before a run
+directory is named): a value users may spell several ways (``0.5`` and ``'0.5'``, ``-1`` and ``[-1]``)
+becomes one value, so it names one run; a value that cannot be meant is a one-line ConfigError that
+names the option and the fix. Pure Python (no torch): sweeps check hundreds of cells with it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from typing import Any
+
+from gfsa.nn.settings import GFSASettings
+from gfsa.utils.errors import ConfigError
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+# transformers.SchedulerType values (tests compare), plus timm's cosine and none.
+SCHEDULES = (
+    "none",
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "polynomial",
+    "inverse_sqrt",
+    "warmup_stable_decay",
+    "timm_cosine",
+)
+# Lightning's accepted trainer.precision values (lightning.fabric.connector._PRECISION_INPUT, Lightning 2.x),
+# written out so that checking a sweep never imports Lightning; the tests compare them.
+PRECISIONS = (
+    64,
+    32,
+    16,
+    "64",
+    "32",
+    "16",
+    "bf16",
+    "16-true",
+    "16-mixed",
+    "bf16-true",
+    "bf16-mixed",
+    "32-true",
+    "64-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+RESUME = ("auto", "restart")
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _number(name: str, v: Any, *, low: float | None = None, high: float | None = None, strict_low: bool = False):
+    """A finite number (a numeric string counts: ``gfsa.wK='0.5'`` is ``0.5``), within bounds."""
+    if isinstance(v, str) and _NUMBER.match(v.strip()):
+        v = int(v) if re.match(r"^[+-]?\d+$", v.strip()) else float(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ConfigError(f"{name}={v!r}: expected a finite number")
+    if low is not None and (v < low or (strict_low and v == low)):
+        raise ConfigError(f"{name}={v!r}: must be {'>' if strict_low else '>='} {low}")
+    if high is not None and v > high:
+        raise ConfigError(f"{name}={v!r}: must be <= {high}")
+    return v
+
+
+def _float(name: str, v: Any, **bounds) -> float:
+    return float(_number(name, v, **bounds))
+
+
+def _int(name: str, v: Any, low: int | None = None, what: str = "an integer") -> int:
+    if isinstance(v, str) and re.match(r"^[+-]?\d+$", v.strip()):
+        v = int(v)
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"{name}={v!r}: expected {what}")
+    if low is not None and v < low:
+        raise ConfigError(f"{name}={v!r}: expected {what} >= {low}")
+    return v
+
+
+def _choice(name: str, v: Any, choices: tuple) -> Any:
+    if v not in choices:
+        raise ConfigError(f"{name}={v!r}: choose one of {', '.join(map(str, choices))}")
+    return v
+
+
+def _flag(name: str, v: Any, extra: tuple = ()) -> bool | str:
+    """true/false (yes/no/1/0 as Hydra or a shell may pass them) or one of ``extra``."""
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in extra:
+        return s
+    if s in ("true", "yes", "1", "on"):
+        return True
+    if s in ("false", "no", "0", "off"):
+        return False
+    raise ConfigError(f"{name}={v!r}: choose {' | '.join((*extra, 'true', 'false'))}")
+
+
+def gfsa_settings(g: dict) -> GFSASettings:
+    """The ``gfsa`` group as the library's typed settings (checked there, once), or a ConfigError."""
+    try:
+        return GFSASettings.from_mapping(g)
+    except ValueError as e:  # LayerSpecError included
+        raise ConfigError(str(e)) from None
+
+
+def _trainer(t: dict) -> dict:
+    t = dict(t)
+    for key in ("max_epochs", "max_steps"):
+        if t.get(key) is not None:
+            t[key] = _int(f"trainer.{key}", t[key], low=-1, what="an integer (-1: no limit)")
+    for key in ("num_nodes", "log_every_n_steps"):
+        if t.get(key) is not None:
+            t[key] = _int(f"trainer.{key}", t[key], low=1)
+    acc = t.get("accumulate_grad_batches")
+    if acc is not None and str(acc).lower() != "auto":
+        t["accumulate_grad_batches"] = _int("trainer.accumulate_grad_batches", acc, low=1, what="an integer or auto")
+    for key in ("limit_train_batches", "limit_val_batches"):
+        v = t.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ConfigError(f"trainer.{key}={v!r}: expected a fraction (float) or a number of batches (int)")
+    if t.get("limit_val_batches") == 0:
+        raise ConfigError(
+            "trainer.limit_val_batches=0 turns validation off, and a run's results are its validation metrics: "
+            "set it > 0 (a fraction or a number of batches)"
+        )
+    every, epochs = t.get("check_val_every_n_epoch"), t.get("max_epochs")
+    if isinstance(every, int) and isinstance(epochs, int) and 0 < epochs < every:
+        raise ConfigError(
+            f"trainer.check_val_every_n_epoch={every} > trainer.max_epochs={epochs}: no validation would run; "
+            f"set it <= {epochs}"
+        )
+    precision = t.get("precision")
+    if precision is not None and (isinstance(precision, bool) or precision not in PRECISIONS):
+        raise ConfigError(
+            f"trainer.precision={precision!r} is not a Lightning precision: "
+            "use one of 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, 64-true"
+        )
+    if isinstance(t.get("accelerator"), str):
+        t["accelerator"] = _choice("trainer.accelerator", t["accelerator"].lower(), ACCELERATORS)
+    devices = t.get("devices")
+    if devices is not None and not (isinstance(devices, (list, str)) and not isinstance(devices, bool)):
+        t["devices"] = _int("trainer.devices", devices, low=1, what="a device count, a list of ids, or auto")
+    return t
+
+
+def _task(task: dict) -> dict:
+    task = dict(task)
+    if "batch_size" in task:
+        task["batch_size"] = _int("task.batch_size", task["batch_size"], low=1, what="a positive integer")
+    if "num_workers" in task:
+        task["num_workers"] = _int("task.num_workers", task["num_workers"], low=0, what="a non-negative integer")
+    if task.get("global_batch_size") is not None:
+        task["global_batch_size"] = _int("task.global_batch_size", task["global_batch_size"], low=1)
+    if "metric_select" in task:
+        task["metric_select"] = _choice("task.metric_select", task["metric_select"], ("last", "best"))
+    return task
+
+
+def _optim(o: dict) -> dict:
+    o = dict(o)
+    o["name"] = _choice("optim.name", o.get("name", "adamw"), OPTIMIZERS)
+    o["lr"] = _float("optim.lr", o.get("lr"), low=0, strict_low=True)
+    if o.get("weight_decay") is not None:
+        o["weight_decay"] = _number("optim.weight_decay", o["weight_decay"], low=0)
+    if o.get("eps") is not None:
+        o["eps"] = _number("optim.eps", o["eps"], low=0, strict_low=True)
+    if o.get("momentum") is not None:
+        o["momentum"] = _number("optim.momentum", o["momentum"], low=0)
+    if o.get("betas") is not None:
+        betas = o["betas"]
+        if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+            raise ConfigError(f"optim.betas={betas!r}: expected two numbers, e.g. [0.9, 0.999]")
+        o["betas"] = [_number("optim.betas", b, low=0, high=1) for b in betas]
+    if o.get("warmup_steps") is not None:
+        o["warmup_steps"] = _int("optim.warmup_steps", o["warmup_steps"], low=0)
+    if o.get("warmup_ratio") is not None:
+        o["warmup_ratio"] = _number("optim.warmup_ratio", o["warmup_ratio"], low=0, high=1)
+    if o.get("lr_batch_base") is not None:
+        o["lr_batch_base"] = _number("optim.lr_batch_base", o["lr_batch_base"], low=0, strict_low=True)
+    if o.get("ema_decay") is not None:
+        o["ema_decay"] = _number("optim.ema_decay", o["ema_decay"], low=0, high=1)
+    if o.get("schedule") is not None:
+        _choice("optim.schedule", o["schedule"], SCHEDULES)
+    return o
+
+
+def _run(r: dict) -> dict:
+    r = dict(r or {})
+    timeout = r.get("lock_timeout")
+    if timeout is not None:
+        r["lock_timeout"] = _number("run.lock_timeout", timeout, low=0)
+    if not isinstance(r.get("ignore", []), list):
+        raise ConfigError(f"run.ignore={r.get('ignore')!r}: expected a list of dotted keys")
+    return r
+
+
+def normalise(cfg: dict) -> dict:
+    """The resolved config with every value checked and in one form; raises ConfigError."""
+    cfg = copy.deepcopy(cfg)
+    cfg["seed"] = _int("seed", cfg.get("seed"))
+    cfg["with_baseline"] = _flag("with_baseline", cfg.get("with_baseline", "auto"), extra=("auto",))
+    cfg["checkpoint"] = _flag("checkpoint", cfg.get("checkpoint", True))
+    cfg["resume"] = _choice("resume", str(cfg.get("resume", "auto")).lower(), RESUME)
+    cfg["run"] = _run(cfg.get("run"))
+    if cfg.get("gfsa") is not None:
+        cfg["gfsa"] = gfsa_settings(cfg["gfsa"]).to_config()
+    for group, check in (("trainer", _trainer), ("task", _task), ("optim", _optim)):
+        if cfg.get(group) is not None:
+            cfg[group] = check(cfg[group])
+    results = (cfg.get("paths") or {}).get("results_dir")
+    if results is not None and not str(results).strip():
+        raise ConfigError("paths.results_dir is empty: pass paths.results_dir=<dir> (or set GFSA_RESULTS_DIR)")
+    return cfg
