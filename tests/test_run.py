@@ -31,7 +31,11 @@ def _cli(*args, cwd=REPO, timeout=300):
     )
 
 
-@pytest.mark.parametrize("group", ["backbone", "task", "gfsa", "optim", "trainer", "logger"], ids=lambda g: f"conf/{g}")
+@pytest.mark.parametrize(
+    "group",
+    ["backbone", "task", "gfsa", "optim", "trainer", "logger", "callbacks", "method"],
+    ids=lambda g: f"conf/{g}",
+)
 def test_every_conf_option_composes(group):
     options = group_options(CONF_DIR, group)
     assert options, f"conf/{group}/ is empty"
@@ -40,7 +44,7 @@ def test_every_conf_option_composes(group):
         assert cfg[group] is not None
 
 
-def test_every_experiment_preset_composes():
+def test_every_preset_composes():
     for preset in group_options(CONF_DIR, "preset"):
         cfg = compose([f"preset={preset}"])
         assert cfg.backbone.name and cfg.task.name, preset

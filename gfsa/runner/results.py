@@ -36,7 +36,7 @@ DEFAULT_IGNORE = (
     "run",
     "with_baseline",
     "resume",
-    "callbacks.analysis",  # measurements taken during validation (gfsa/ops/analysis.py) change nothing trained
+    "callbacks",  # callbacks observe a run (measurements, logs); what changes training is configured elsewhere
     "task.data_dir",
     "task.num_workers",
     "trainer.enable_progress_bar",
