@@ -29,6 +29,9 @@ _EXPORTS = {
     "gfsa_parameters": "gfsa.nn.patching",
     "register_adapter": "gfsa.nn.patching",
     "UnsupportedModelError": "gfsa.nn.patching",
+    "from_pretrained": "gfsa.nn.saving",
+    "create_model": "gfsa.nn.saving",
+    "save_timm": "gfsa.nn.saving",
 }
 __all__ = list(_EXPORTS)
 

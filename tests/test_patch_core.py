@@ -384,10 +384,14 @@ def test_bad_arguments_raise_and_leave_the_model_untouched(kw, error, match):
     assert patched_layers(model) == [0, 1, 2, 3]
 
 
-def test_patching_twice_raises():
-    model = gfsa.patch(toy())
-    with pytest.raises(ValueError, match="already patched"):
-        gfsa.patch(model)
+def test_patching_twice_keeps_the_coefficients_or_raises():
+    model = gfsa.patch(toy(), wK=0.0)
+    for m in coefficient_modules(model):
+        m.wK.data.fill_(0.7)  # "trained"
+    assert gfsa.patch(model, wK=0.0) is model  # the same settings: nothing reset
+    assert all(torch.all(m.wK == 0.7) for m in coefficient_modules(model))
+    with pytest.raises(ValueError, match="already patched with GFSA .layers=all, K=3.*not with layers=all, K=4"):
+        gfsa.patch(model, K=4)
     none = gfsa.patch(toy(), layers="none")
     assert patched_layers(none) == [] and coefficient_modules(none) == []
     with pytest.raises(ValueError, match="already patched"):

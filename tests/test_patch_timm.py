@@ -419,12 +419,12 @@ def test_unsupported_timm_attention_names_the_supported_families():
     assert not hasattr(diff, "gfsa_layers")
 
 
-def test_unsupported_timm_block_and_model():
+def test_parallel_attention_blocks_are_one_layer_each_and_other_models_are_refused():
     parallel = timm.create_model(
         "vit_small_patch16_18x2_224", patch_size=8, embed_dim=32, depth=2, num_heads=4, **COMMON
-    )
-    with pytest.raises(UnsupportedModelError, match="ParallelThingsBlock"):
-        gfsa.patch(parallel)
+    ).eval()
+    gfsa.patch(parallel, layers=[1])
+    assert patched_layers(parallel) == [1] and added_parameters(parallel) == 2 * 4  # two attention modules
     resnet = timm.create_model("resnet10t", pretrained=False, num_classes=10)
     with pytest.raises(UnsupportedModelError, match="ResNet"):
         gfsa.patch(resnet)
@@ -459,5 +459,6 @@ def test_bad_arguments_raise_and_leave_the_model_untouched(kw, error, match):
     assert patched_layers(model) == [] and coefficient_modules(model) == []
     assert all(type(m) is WindowAttention for m in attention_modules(model))
     gfsa.patch(model)
+    assert gfsa.patch(model) is model  # the same settings again: nothing changes
     with pytest.raises(ValueError, match="already patched"):
-        gfsa.patch(model)
+        gfsa.patch(model, K=5)

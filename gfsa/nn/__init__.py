@@ -32,6 +32,9 @@ _EXPORTS = {
     "find_adapter": "patching",
     "AttentionLayer": "patching",
     "UnsupportedModelError": "patching",
+    "from_pretrained": "saving",
+    "create_model": "saving",
+    "save_timm": "saving",
 }
 __all__ = list(_EXPORTS)
 

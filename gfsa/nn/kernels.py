@@ -102,7 +102,12 @@ class _FlashBlocks:
         del inner, out2
         c2 = coefs[2]
         # In d_inner's (the kernel's) layout: a gradient in any other layout is copied by the kernel.
-        d_av = torch.mul(d_inner, c2, out=torch.empty_like(d_inner))
+        # torch.compile refuses a non-contiguous out= tensor (a graph break): there the product is
+        # taken without out= (same values; the compiler picks the layout).
+        if torch.compiler.is_compiling():
+            d_av = d_inner * c2
+        else:
+            d_av = torch.mul(d_inner, c2, out=torch.empty_like(d_inner))
         dq1, dk1, dv = _FLASH_BWD(d_av, q, k, v, a_v, lse, 0.0, is_causal, attn_mask=mask, scale=scale)
         return dq.add_(dq1), dk.add_(dk1), d_inner, dv
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
+import torch
 from torch import nn
 
 from gfsa.nn.attention import GFSACoefficients
@@ -58,15 +59,18 @@ _ADAPTERS: dict[str, tuple[Callable[[nn.Module], bool], ModuleType | str]] = {
     "timm": (_from_library("timm."), "gfsa.nn.adapters.timm"),
 }
 SUPPORTED = (
-    "transformers: bert, roberta, albert, gpt2, t5, bart, plbart, mbart, speech_to_text; "
-    "timm: VisionTransformer/DeiT, Cait, SwinTransformer; "
-    "in-repo models with gfsa_attention_modules(); others through gfsa.nn.register_adapter"
+    "transformers: any model whose attention goes through its attention interface (bert, roberta, albert, "
+    "distilbert, gpt2, llama, qwen2, qwen3, mistral, gemma3, phi3, t5, bart, mbart, plbart, whisper, vit, dinov2, "
+    "speech_to_text, ...); timm: VisionTransformer/DeiT and models on timm.layers.Attention or AttentionRope, "
+    "Eva, Beit, Cait, SwinTransformer, SwinTransformerV2; in-repo models with gfsa_attention_modules(); "
+    "others through gfsa.nn.register_adapter"
 )
 
 
 def register_adapter(name: str, matches: Callable[[nn.Module], bool], adapter: ModuleType | str) -> None:
     """Teach :func:`patch` a model family: ``adapter`` (a module or its import path) defines
-    ``attention_layers(model) -> list[AttentionLayer]`` and ``install(model, layers, chosen)``.
+    ``attention_layers(model) -> list[AttentionLayer]`` and ``install(model, layers, chosen)``, and
+    optionally ``check(model)`` (refuse what the family cannot do) and ``record(model, settings)``.
     Registered adapters are tried before the built-in ones."""
     global _ADAPTERS
     _ADAPTERS = {name: (matches, adapter), **{k: v for k, v in _ADAPTERS.items() if k != name}}
@@ -106,9 +110,16 @@ def patch(
     adapter = find_adapter(model)
     # gfsa_layers is set even when no layer was chosen (layers="none" still installs the adapter).
     if hasattr(model, "gfsa_layers") or any(isinstance(m, GFSACoefficients) for m in model.modules()):
-        raise ValueError("this model is already patched with GFSA; patch the original model once")
+        if getattr(model, "gfsa_settings", None) == settings:
+            return model  # already patched so (e.g. loaded by gfsa.from_pretrained): its trained coefficients stay
+        raise ValueError(
+            f"this model is already patched with GFSA ({_describe(getattr(model, 'gfsa_settings', None))}), not "
+            f"with {_describe(settings)}: patch the original model once, or pass the settings it has"
+        )
     all_layers: list[AttentionLayer] = adapter.attention_layers(model)
     chosen = select_layers(settings.layer_spec(), len(all_layers))
+    if hasattr(adapter, "check"):  # what the family cannot do, refused before the model is changed
+        adapter.check(model)
     shared: dict[int, GFSACoefficients] = {}
     for idx in chosen:
         layer = all_layers[idx]
@@ -120,15 +131,25 @@ def patch(
                 continue
             coeffs = GFSACoefficients(layer.num_heads, settings, layer=idx, cross=cross)
             ref = next(module.parameters(), None)
-            if ref is not None:
-                coeffs.to(device=ref.device)
+            if ref is not None:  # float64 models get float64 coefficients; lower precisions keep fp32 ones
+                coeffs.to(device=ref.device, dtype=torch.float64 if ref.dtype == torch.float64 else None)
             if layer.shared:
                 coeffs.shared_layers = [layer.call_index]
                 shared[id(module)] = coeffs
             module.gfsa = coeffs
     adapter.install(model, all_layers, chosen)
     model.gfsa_layers = chosen
+    model.gfsa_settings = settings
+    if hasattr(adapter, "record"):  # e.g. transformers: config.gfsa, which save_pretrained writes
+        adapter.record(model, settings)
     return model
+
+
+def _describe(settings: GFSASettings | None) -> str:
+    if settings is None:
+        return "unknown settings"
+    s = settings
+    return f"layers={s.layer_spec()}, K={s.K}, learn={list(s.learn)}, impl={s.impl}"
 
 
 def patched_layers(model: nn.Module) -> list[int]:

@@ -60,10 +60,25 @@ def _combine(ref: Tensor, terms: list[tuple[Coefficient, Tensor | None]]) -> Ten
             out, owned = (t, False) if _is_one(coef) else (t * coef, True)
             continue
         shape = torch.broadcast_shapes(out.shape, t.shape, coef.shape if isinstance(coef, Tensor) else ())
-        inplace = owned and shape == out.shape and torch.result_type(t, coef) in (out.dtype, t.dtype)
-        inplace = inplace and torch.promote_types(out.dtype, torch.result_type(t, coef)) == out.dtype
+        product = _result_type(t, coef)
+        inplace = owned and shape == out.shape and product in (out.dtype, t.dtype)
+        inplace = inplace and torch.promote_types(out.dtype, product) == out.dtype
         out, owned = _add(out, coef, t, inplace), True
     return out.to(ref.dtype) if out is not None else torch.zeros_like(ref)
+
+
+def _result_type(t: Tensor, coef: Coefficient) -> torch.dtype:
+    """``torch.result_type(t, coef)`` from dtypes and dimensions only: torch.compile cannot trace
+    ``torch.result_type`` (a torch op returning a dtype is a graph break) but folds ``promote_types``.
+    As result_type: a Python number or a 0-dim tensor does not raise the dtype of a dimensioned
+    tensor of the same category."""
+    if not isinstance(coef, Tensor):
+        return t.dtype if t.is_floating_point() or not isinstance(coef, float) else torch.get_default_dtype()
+    if coef.dim() == 0 and t.dim() > 0 and coef.is_floating_point() == t.is_floating_point():
+        return t.dtype
+    if t.dim() == 0 and coef.dim() > 0 and coef.is_floating_point() == t.is_floating_point():
+        return coef.dtype
+    return torch.promote_types(t.dtype, coef.dtype)
 
 
 def _filtered(attend, value: Tensor, w0: Coefficient, c1: Coefficient, c2: Coefficient) -> Tensor:
@@ -105,8 +120,10 @@ def attention_probs(
         else:
             scores = scores + attn_mask
             empty = torch.isneginf(attn_mask).all(dim=-1, keepdim=True)  # scores are finite: rows the mask empties
-        if empty.device.type == "cpu" and not empty.any():
-            empty = None  # the common case, found on the (small) mask instead of two passes over the scores
+        # The common case, found on the (small) mask instead of two passes over the scores. Not while
+        # compiling: reading a tensor's value is a graph break there, and the masked fill is exact anyway.
+        if empty.device.type == "cpu" and not torch.compiler.is_compiling() and not empty.any():
+            empty = None
     if empty is not None:
         # A row with every key masked: softmax would give NaN values AND NaN gradients (masking the
         # output afterwards leaves NaN·0 in the backward). Softmax a finite row, then zero it.
