@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import gfsa
-from gfsa.utils.errors import ConfigError, fail
+from gfsa.utils.errors import ConfigError, fail, first_line, first_lines
 from gfsa.utils.resources import conf_dir
 
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     layers = sub.add_parser("layers", help="show which layers a gfsa.layers spec selects")
     layers.add_argument("spec")
     layers.add_argument("num_layers", type=int)
-    # report/analyze parse their own options (gfsa/ops/report.py, gfsa/ops/analysis.py; docs/reports.md)
+    # report/analyze parse their own options (gfsa/ops/report/cli.py, gfsa/ops/analysis/cli.py; docs/reports.md)
     sub.add_parser("report", help="improvement tables and charts vs baselines and the paper", add_help=False)
     sub.add_parser("analyze", help="oversmoothing analysis of a trained run", add_help=False)
     sub.add_parser("bench", help="performance benchmarks: attention | models | linear | all (--help)", add_help=False)
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv = ["gfsa run", *argv[1:]]
         run_main(argv[1:])
         return
-    if argv[:1] == ["sweep"]:  # no Lightning on this path either (gfsa/ops/sweep.py; docs/scale_out.md)
+    if argv[:1] == ["sweep"]:  # no Lightning on this path either (gfsa/ops/sweep/; docs/scale_out.md)
         from gfsa.ops.sweep import main_cli as sweep_main
 
         sweep_main(argv[1:])
@@ -74,21 +74,20 @@ def _check_composes(args: list[str]) -> None:
         with initialize_config_dir(str(conf_dir()), version_base="1.3"):
             compose("config", overrides=[a for a in args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))])
     except (HydraException, OmegaConfBaseException) as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        unknown = re.match(r"Could not override '([^']+)'", lines[0]) if lines else None
+        unknown = re.match(r"Could not override '([^']+)'", first_line(e, with_type=False))
         if unknown:
             key = unknown.group(1)
             msg = f"unknown option '{key}': check its spelling (`python run.py --cfg job` prints every option)"
             if key.startswith("trainer."):
                 msg += f"; a Lightning Trainer argument not in conf/trainer/ is added with +{key}=…"
         else:
-            msg = " ".join(lines[:2])
+            msg = first_lines(e, 2)
         fail(msg)
 
 
 def _preflight(args: list[str]) -> None:
     """A multirun on a launcher preset: every cell is composed and checked (and Slurm asked about its
-    partition) before hydra-submitit submits anything (gfsa/ops/sweep.py)."""
+    partition) before hydra-submitit submits anything (gfsa/ops/sweep/cells.py)."""
     from gfsa.ops.sweep import preflight
 
     try:

@@ -88,12 +88,13 @@ def canonical(cfg: dict) -> dict:
     return c
 
 
-def _digest(obj: Any, n: int = 10) -> str:
+def digest(obj: Any, n: int = 10) -> str:
+    """The first ``n`` hex digits of the SHA-1 of ``obj`` as canonical JSON (sorted keys): short, stable ids."""
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
 def run_key(cfg: dict) -> str:
-    return _digest(canonical(cfg))
+    return digest(canonical(cfg))
 
 
 def pair_key(cfg: dict) -> str:
@@ -101,7 +102,7 @@ def pair_key(cfg: dict) -> str:
     c = canonical(cfg)
     for g in (*VARIANT_GROUPS, "seed"):
         c.pop(g, None)
-    return _digest(c)
+    return digest(c)
 
 
 def baseline_config(cfg: dict) -> dict:
@@ -130,7 +131,7 @@ def run_dir(cfg: dict, root: str | Path | None = None) -> Path:
 def run_id(path: str | Path) -> str:
     """A W&B-safe id derived from the run directory (a requeued job continues the same run)."""
     p = Path(path)
-    return f"{p.name[-10:]}-{_digest(str(p.parent.parent.name) + '/' + p.parent.name, 6)}"
+    return f"{p.name[-10:]}-{digest(str(p.parent.parent.name) + '/' + p.parent.name, 6)}"
 
 
 def write_record(rdir: str | Path, record: dict) -> Path:

@@ -15,10 +15,16 @@ class ConfigError(ValueError):
 
 def first_line(e: BaseException, with_type: bool = True) -> str:
     """The first non-empty line of an exception's message (library messages often span many lines)."""
-    text = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    text = first_lines(e, 1)
     if not with_type:
         return text
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def first_lines(e: BaseException, n: int = 2) -> str:
+    """The first ``n`` non-empty lines of an exception's message, joined into one line (Hydra states
+    the problem on its first line and the fix on its second)."""
+    return " ".join([line.strip() for line in str(e).splitlines() if line.strip()][:n])
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:

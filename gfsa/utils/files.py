@@ -1,4 +1,5 @@
-"""Files that readers on a shared filesystem see whole, with the owner's umask, in strict JSON."""
+"""Files that readers on a shared filesystem see whole, with the owner's umask, in strict JSON; and where
+the suite caches what it can rebuild."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ import re
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+def cache_dir(name: str = "") -> Path:
+    """The suite's cache folder, or ``name`` in it (not created): ``$GFSA_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/gfsa``, else ``~/.cache/gfsa``. Whatever is cached there can be rebuilt."""
+    root = os.environ.get("GFSA_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gfsa"
+    path = Path(root).expanduser()
+    return path / name if name else path
 
 
 def current_umask() -> int:
