@@ -114,7 +114,7 @@ class GlueTask(TextTask):
         return [f"{sub}/{f}" if sub != "." else f for f in ("train.tsv", *self.spec.val_files)]
 
     def check(self) -> None:
-        if self.cfg.get("data_dir"):
+        if self.cfg["data_dir"]:
             self.require_data_dir(*self._folder_files())
 
     # ------------------------------------------------------------------ reading
@@ -169,7 +169,7 @@ class GlueTask(TextTask):
     def _read_hub(self, split: str) -> tuple[list, list[str] | None, list]:
         import datasets
 
-        path = str(self.cfg.get("hub_path") or "nyu-mll/glue")
+        path = str(self.cfg["hub_path"])
         try:
             ds = datasets.load_dataset(path, self.glue_task, split=split)
         except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: script-only datasets (datasets >= 4)
@@ -185,7 +185,7 @@ class GlueTask(TextTask):
         return TokenizedTexts.encode(self.tokenizer, first, second, self.max_length, labels)
 
     def read(self) -> None:
-        if self.cfg.get("data_dir"):
+        if self.cfg["data_dir"]:
             files = self._folder_files()
             parts = [self.read_tsv(f) for f in files]
         else:
