@@ -26,7 +26,7 @@ class ImageClassifier(nn.Module):
 def _pretrained(cfg, kwargs: dict) -> bool:
     """``backbone.pretrained``: false, true (timm's hub weights) or a checkpoint file, which timm
     loads through its own pretrained path (state-dict filters, position-embedding resampling)."""
-    pretrained = cfg.get("pretrained", False)
+    pretrained = cfg["pretrained"]
     if not isinstance(pretrained, str):
         return bool(pretrained)
     if pretrained.lower() in ("true", "false"):
@@ -104,7 +104,7 @@ def build(cfg, task) -> nn.Module:
     """``backbone.model`` is a timm model name; ``backbone.kwargs`` override its architecture
     (``backbone.depth`` its number of blocks). ``backbone.pretrained``: false, true (timm's hub
     weights, needs network) or a checkpoint file."""
-    kwargs = dict(cfg.get("kwargs") or {})
+    kwargs = dict(cfg["kwargs"])
     kwargs.setdefault("num_classes", task.num_classes)
     if hasattr(task, "in_chans"):
         kwargs.setdefault("in_chans", task.in_chans)
@@ -115,7 +115,7 @@ def build(cfg, task) -> nn.Module:
                 "set task.image_size only"
             )
         kwargs["img_size"] = task.image_size
-    if cfg.get("depth"):
+    if cfg.get("depth"):  # DeiT backbones only (conf/backbone/deit.yaml: null keeps the model's)
         kwargs["depth"] = int(cfg.depth)
     pretrained = _pretrained(cfg, kwargs)
     try:
