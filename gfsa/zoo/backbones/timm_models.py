@@ -9,7 +9,7 @@ import timm
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
-from gfsa.utils.errors import ConfigError
+from gfsa.utils.errors import ConfigError, first_line
 
 
 class ImageClassifier(nn.Module):
@@ -136,7 +136,7 @@ def build(cfg, task) -> nn.Module:
             ) from None
         if not isinstance(e, (RuntimeError, KeyError, ValueError, OSError)):
             raise
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        reason = (first_line(e, with_type=False) or type(e).__name__)[:200]
         raise ConfigError(  # shape mismatches, missing keys: weights of another architecture or size
             f"backbone.pretrained={cfg.pretrained} does not fit {cfg.model} with these kwargs ({reason}): "
             "pass a checkpoint of this architecture, or drop the backbone.kwargs / backbone.depth that change it"

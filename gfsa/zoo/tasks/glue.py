@@ -20,7 +20,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryF1Score, BinaryMatthewsCorrCoef, MulticlassAccuracy
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
-from gfsa.utils.errors import ConfigError
+from gfsa.utils.errors import ConfigError, first_line
 from gfsa.zoo.tasks.text import TextTask, TokenizedTexts
 
 csv.field_size_limit(sys.maxsize)  # a few GLUE sentences are long
@@ -174,8 +174,7 @@ class GlueTask(TextTask):
             ds = datasets.load_dataset(path, self.glue_task, split=split)
         except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: script-only datasets (datasets >= 4)
             raise ConfigError(
-                f"cannot load {path}/{self.glue_task} from the Hugging Face hub ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}): pass task.data_dir=<GLUE folder with {self.spec.folder}/train.tsv>"
+                f"cannot load {path}/{self.glue_task} from the Hugging Face hub ({first_line(e)}): pass task.data_dir=<GLUE folder with {self.spec.folder}/train.tsv>"
             ) from None
         texts = [list(ds[c]) for c in self.spec.hub_text]
         return texts[0], texts[1] if len(texts) > 1 else None, list(ds["label"])

@@ -29,7 +29,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MultilabelAveragePrecision
 from torchmetrics.regression import MeanAbsoluteError
 
-from gfsa.utils.errors import ConfigError
+from gfsa.utils.errors import ConfigError, first_line
 from gfsa.zoo.formats import UNREACHABLE
 from gfsa.zoo.tasks.base import Task, prefixed_directions
 
@@ -162,7 +162,7 @@ class GraphTask(Task):
                 raise
             raise ConfigError(
                 f"task.data_dir={self.cfg.data_dir} has no {missing[0]} and downloading it failed "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): put the {self.cfg.name} files there"
+                f"({first_line(e)}): put the {self.cfg.name} files there"
             ) from None
         empty = [s for s in ("train", *self.eval_splits) if len(self.splits[s]) == 0]
         if empty:

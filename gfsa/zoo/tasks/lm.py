@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 from torchmetrics import Metric, MetricCollection
 
-from gfsa.utils.errors import ConfigError
+from gfsa.utils.errors import ConfigError, first_line
 from gfsa.zoo.tasks.text import CHUNK, TextTask
 
 LINE_MODES = ("strip", "keep")
@@ -96,8 +96,7 @@ class CausalLMTask(TextTask):
             ds = datasets.load_dataset(str(hub.path), hub["name"], split=str(hub.splits[split]))
         except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: script-only datasets (datasets >= 4)
             raise ConfigError(
-                f"cannot load {hub.path}/{hub['name']} from the Hugging Face hub ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}): pass task.data_dir=<folder with {self.cfg.files[split][0]}>"
+                f"cannot load {hub.path}/{hub['name']} from the Hugging Face hub ({first_line(e)}): pass task.data_dir=<folder with {self.cfg.files[split][0]}>"
             ) from None
         return list(ds[str(hub.text_column)])
 
