@@ -149,11 +149,11 @@ def test_code_metrics_match_sklearn():
 
     g = torch.Generator().manual_seed(0)
     logits, y = torch.randn(50, 2, generator=g), torch.randint(0, 2, (50,), generator=g)
-    cfg = OmegaConf.create({"name": "t", "batch_size": 4, "max_length": 8})
-    defect, clone = DefectTask(cfg).metrics(), CloneTask(cfg).metrics()
+    defect_task, clone_task = DefectTask(compose(["task=devign"]).task), CloneTask(compose(["task=bigclonebench"]).task)
+    defect, clone = defect_task.metrics(), clone_task.metrics()
     for sl in (slice(0, 17), slice(17, 50)):
-        defect.update(*DefectTask(cfg).metric_inputs(logits[sl], y[sl]))
-        clone.update(*CloneTask(cfg).metric_inputs(logits[sl], y[sl]))
+        defect.update(*defect_task.metric_inputs(logits[sl], y[sl]))
+        clone.update(*clone_task.metric_inputs(logits[sl], y[sl]))
     pred = (logits.softmax(-1)[:, 1] > 0.5).numpy()
     assert float(defect.compute()["acc"]) == pytest.approx(accuracy_score(y, logits.argmax(-1)))
     got = {k: float(v) for k, v in clone.compute().items()}

@@ -133,7 +133,11 @@ def test_a_method_replaces_gfsa_unless_combined_explicitly():
     assert apply_from_config(cfg, net) == 3 * 4
     torch.testing.assert_close(out(net, inputs), ref, atol=1e-5, rtol=0)
     with pytest.raises(ConfigError, match="method.layers='sometimes': unknown spec"):
-        apply_from_config({"method": {"name": "featscale", "layers": "sometimes"}, "gfsa": {}}, vit()[0])
+        apply_from_config(OmegaConf.to_container(compose(["method=featscale", "method.layers=sometimes"])), vit()[0])
+    with pytest.raises(
+        ConfigError, match="method.scal: contranorm has no such option; its options are scale, temperature"
+    ):
+        apply_from_config(OmegaConf.to_container(compose(["method=contranorm", "+method.scal=0.2"])), vit()[0])
 
 
 def test_contranorm_run_is_paired_with_its_baseline():

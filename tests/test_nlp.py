@@ -8,6 +8,7 @@ are reduced across two gloo processes, and every preset and paper-table cell mus
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -258,10 +259,16 @@ def _lm_reference(logits, labels) -> dict:
     return {"loss": nll.mean(), "perplexity": math.exp(nll.mean())}
 
 
+@functools.cache
+def _task_cfg(option: str):
+    """A task's config as its YAML gives it (tasks read every key from there)."""
+    return compose([option]).task
+
+
 def _glue_metrics(task: str, logits, labels, world: int = 1, rank: int = 0) -> dict:
     from gfsa.zoo.tasks.glue import GlueTask
 
-    t = GlueTask(OmegaConf.create({"name": task, "glue_task": task, "batch_size": 4, "max_length": 8}))
+    t = GlueTask(_task_cfg(f"task=glue/{task}"))
     m = t.metrics()
     for chunk in range(rank, 4, world):  # several batches, every world-th on this rank
         sl = slice(chunk * len(labels) // 4, (chunk + 1) * len(labels) // 4)
@@ -273,7 +280,7 @@ def _lm_metrics(logits, labels, world: int = 1, rank: int = 0) -> dict:
     from gfsa.zoo.recipes.lm import token_nll
     from gfsa.zoo.tasks.lm import CausalLMTask
 
-    m = CausalLMTask(OmegaConf.create({"name": "ptb", "batch_size": 1, "block_size": 8})).metrics()
+    m = CausalLMTask(_task_cfg("task=ptb")).metrics()
     for i in range(rank, len(labels), world):  # batches of one block
         m.update(*token_nll(logits[i : i + 1], labels[i : i + 1]))
     return {k: float(v) for k, v in m.compute().items()}

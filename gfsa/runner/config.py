@@ -50,6 +50,8 @@ PRECISIONS = (
     "transformer-engine-float16",
 )
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+# optim.schedule=timm_cosine reads these (conf/optim/deit.yaml sets them; conf/optim/adamw.yaml has no such schedule).
+TIMM_COSINE_KEYS = ("schedule_interval", "warmup_epochs", "warmup_lr", "min_lr")
 RESUME = ("auto", "restart")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -114,40 +116,40 @@ def gfsa_settings(g: dict) -> GFSASettings:
 def _trainer(t: dict) -> dict:
     t = dict(t)
     for key in ("max_epochs", "max_steps"):
-        if t.get(key) is not None:
+        if t[key] is not None:
             t[key] = _int(f"trainer.{key}", t[key], low=-1, what="an integer (-1: no limit)")
     for key in ("num_nodes", "log_every_n_steps"):
-        if t.get(key) is not None:
+        if t[key] is not None:
             t[key] = _int(f"trainer.{key}", t[key], low=1)
-    acc = t.get("accumulate_grad_batches")
+    acc = t["accumulate_grad_batches"]
     if acc is not None and str(acc).lower() != "auto":
         t["accumulate_grad_batches"] = _int("trainer.accumulate_grad_batches", acc, low=1, what="an integer or auto")
     for key in ("limit_train_batches", "limit_val_batches"):
-        v = t.get(key)
+        v = t[key]
         if v is None:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise ConfigError(f"trainer.{key}={v!r}: expected a fraction (float) or a number of batches (int)")
-    if t.get("limit_val_batches") == 0:
+    if t["limit_val_batches"] == 0:
         raise ConfigError(
             "trainer.limit_val_batches=0 turns validation off, and a run's results are its validation metrics: "
             "set it > 0 (a fraction or a number of batches)"
         )
-    every, epochs = t.get("check_val_every_n_epoch"), t.get("max_epochs")
+    every, epochs = t.get("check_val_every_n_epoch"), t["max_epochs"]  # the first: optional (+trainer.…)
     if isinstance(every, int) and isinstance(epochs, int) and 0 < epochs < every:
         raise ConfigError(
             f"trainer.check_val_every_n_epoch={every} > trainer.max_epochs={epochs}: no validation would run; "
             f"set it <= {epochs}"
         )
-    precision = t.get("precision")
+    precision = t["precision"]
     if precision is not None and (isinstance(precision, bool) or precision not in PRECISIONS):
         raise ConfigError(
             f"trainer.precision={precision!r} is not a Lightning precision: "
             "use one of 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, 64-true"
         )
-    if isinstance(t.get("accelerator"), str):
+    if isinstance(t["accelerator"], str):
         t["accelerator"] = _choice("trainer.accelerator", t["accelerator"].lower(), ACCELERATORS)
-    devices = t.get("devices")
+    devices = t["devices"]
     if devices is not None and not (isinstance(devices, (list, str)) and not isinstance(devices, bool)):
         t["devices"] = _int("trainer.devices", devices, low=1, what="a device count, a list of ids, or auto")
     return t
@@ -155,69 +157,73 @@ def _trainer(t: dict) -> dict:
 
 def _task(task: dict) -> dict:
     task = dict(task)
-    if "batch_size" in task:
-        task["batch_size"] = _int("task.batch_size", task["batch_size"], low=1, what="a positive integer")
-    if "num_workers" in task:
-        task["num_workers"] = _int("task.num_workers", task["num_workers"], low=0, what="a non-negative integer")
+    task["batch_size"] = _int("task.batch_size", task["batch_size"], low=1, what="a positive integer")
+    task["num_workers"] = _int("task.num_workers", task["num_workers"], low=0, what="a non-negative integer")
+    # global_batch_size: optional (imagenet's YAML states null; the presets that fix a global batch set it).
     if task.get("global_batch_size") is not None:
         task["global_batch_size"] = _int("task.global_batch_size", task["global_batch_size"], low=1)
-    if "metric_select" in task:
-        task["metric_select"] = _choice("task.metric_select", task["metric_select"], ("last", "best"))
+    task["metric_select"] = _choice("task.metric_select", task["metric_select"], ("last", "best"))
     return task
 
 
 def _optim(o: dict) -> dict:
     o = dict(o)
-    o["name"] = _choice("optim.name", o.get("name", "adamw"), OPTIMIZERS)
-    o["lr"] = _float("optim.lr", o.get("lr"), low=0, strict_low=True)
-    if o.get("weight_decay") is not None:
+    o["name"] = _choice("optim.name", o["name"], OPTIMIZERS)
+    o["lr"] = _float("optim.lr", o["lr"], low=0, strict_low=True)
+    if o["weight_decay"] is not None:
         o["weight_decay"] = _number("optim.weight_decay", o["weight_decay"], low=0)
-    if o.get("eps") is not None:
+    if o["eps"] is not None:
         o["eps"] = _number("optim.eps", o["eps"], low=0, strict_low=True)
-    if o.get("momentum") is not None:
+    if o.get("momentum") is not None:  # optional: SGD's (gfsa.zoo.recipes.common.SGD_MOMENTUM otherwise)
         o["momentum"] = _number("optim.momentum", o["momentum"], low=0)
-    if o.get("betas") is not None:
+    if o["betas"] is not None:
         betas = o["betas"]
         if not isinstance(betas, (list, tuple)) or len(betas) != 2:
             raise ConfigError(f"optim.betas={betas!r}: expected two numbers, e.g. [0.9, 0.999]")
         o["betas"] = [_number("optim.betas", b, low=0, high=1) for b in betas]
-    if o.get("warmup_steps") is not None:
+    if o["warmup_steps"] is not None:
         o["warmup_steps"] = _int("optim.warmup_steps", o["warmup_steps"], low=0)
-    if o.get("warmup_ratio") is not None:
+    if o["warmup_ratio"] is not None:
         o["warmup_ratio"] = _number("optim.warmup_ratio", o["warmup_ratio"], low=0, high=1)
-    if o.get("lr_batch_base") is not None:
+    if o["lr_batch_base"] is not None:
         o["lr_batch_base"] = _number("optim.lr_batch_base", o["lr_batch_base"], low=0, strict_low=True)
-    if o.get("ema_decay") is not None:
+    if o.get("ema_decay") is not None:  # optional: the DeiT recipe's (conf/optim/deit.yaml)
         o["ema_decay"] = _number("optim.ema_decay", o["ema_decay"], low=0, high=1)
-    if o.get("schedule") is not None:
+    if o["schedule"] is not None:
         _choice("optim.schedule", o["schedule"], SCHEDULES)
+    if o["schedule"] == "timm_cosine":
+        missing = [k for k in TIMM_COSINE_KEYS if k not in o]
+        if missing:
+            raise ConfigError(
+                f"optim.schedule=timm_cosine needs optim.{', optim.'.join(missing)}: use optim=deit (which sets them) "
+                "or pass them"
+            )
+        _choice("optim.schedule_interval", o["schedule_interval"], ("epoch", "step"))
     return o
 
 
 def _run(r: dict) -> dict:
-    r = dict(r or {})
-    timeout = r.get("lock_timeout")
-    if timeout is not None:
-        r["lock_timeout"] = _number("run.lock_timeout", timeout, low=0)
-    if not isinstance(r.get("ignore", []), list):
-        raise ConfigError(f"run.ignore={r.get('ignore')!r}: expected a list of dotted keys")
+    r = dict(r)
+    if r["lock_timeout"] is not None:
+        r["lock_timeout"] = _number("run.lock_timeout", r["lock_timeout"], low=0)
+    if not isinstance(r["ignore"], list):
+        raise ConfigError(f"run.ignore={r['ignore']!r}: expected a list of dotted keys")
     return r
 
 
 def normalise(cfg: dict) -> dict:
-    """The resolved config with every value checked and in one form; raises ConfigError."""
+    """The resolved config (every key of conf/, whose YAML holds the defaults) with every value checked
+    and in one form; raises ConfigError."""
     cfg = copy.deepcopy(cfg)
-    cfg["seed"] = _int("seed", cfg.get("seed"))
-    cfg["with_baseline"] = _flag("with_baseline", cfg.get("with_baseline", "auto"), extra=("auto",))
-    cfg["checkpoint"] = _flag("checkpoint", cfg.get("checkpoint", True))
-    cfg["resume"] = _choice("resume", str(cfg.get("resume", "auto")).lower(), RESUME)
-    cfg["run"] = _run(cfg.get("run"))
-    if cfg.get("gfsa") is not None:
-        cfg["gfsa"] = gfsa_settings(cfg["gfsa"]).to_config()
+    cfg["seed"] = _int("seed", cfg["seed"])
+    cfg["with_baseline"] = _flag("with_baseline", cfg["with_baseline"], extra=("auto",))
+    cfg["checkpoint"] = _flag("checkpoint", cfg["checkpoint"])
+    cfg["resume"] = _choice("resume", str(cfg["resume"]).lower(), RESUME)
+    cfg["run"] = _run(cfg["run"])
+    cfg["gfsa"] = gfsa_settings(cfg["gfsa"]).to_config()
     for group, check in (("trainer", _trainer), ("task", _task), ("optim", _optim)):
-        if cfg.get(group) is not None:
-            cfg[group] = check(cfg[group])
-    results = (cfg.get("paths") or {}).get("results_dir")
+        cfg[group] = check(cfg[group])
+    results = cfg["paths"]["results_dir"]
     if results is not None and not str(results).strip():
         raise ConfigError("paths.results_dir is empty: pass paths.results_dir=<dir> (or set GFSA_RESULTS_DIR)")
     return cfg

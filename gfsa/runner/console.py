@@ -5,8 +5,9 @@ Light on purpose (no torch, no Lightning): override checks run before anything h
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+
+from gfsa.utils.errors import fail
 
 # Config groups whose option names can be checked against conf/ before Hydra starts.
 CHECKED_GROUPS = (
@@ -43,11 +44,7 @@ def check_overrides(args: list[str], conf_dir: Path) -> None:
         for option in value.split(","):
             option = option.strip()
             if option and option != "null" and option not in choices:
-                print(
-                    f"error: unknown {key} '{option}'; choose one of: {', '.join(choices)} (files in conf/{key}/)",
-                    file=sys.stderr,
-                )
-                sys.exit(2)
+                fail(f"unknown {key} '{option}'; choose one of: {', '.join(choices)} (files in conf/{key}/)")
 
 
 def _fmt(v, spec: str = ".4f") -> str:

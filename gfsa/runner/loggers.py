@@ -61,19 +61,19 @@ def make_logger(cfg: dict, run_dir: Path, run_id: str, run_name: str, variant: s
     from lightning.pytorch.loggers import WandbLogger
 
     lc = cfg["logger"]
-    g = cfg.get("gfsa") or {}
-    layers = g.get("layers") if variant != "baseline" else "none"
+    g = cfg["gfsa"]
+    layers = g["layers"] if variant != "baseline" else "none"
     return WandbLogger(
-        project=lc.get("project") or "gfsa",
-        entity=lc.get("entity"),
+        project=lc["project"],
+        entity=lc["entity"],
         save_dir=str(run_dir),
         id=run_id,
         name=run_name,
         group=f"{cfg['backbone']['name']}/{cfg['task']['name']}",
         job_type=variant,
-        tags=[f"layers={layers}", f"K={g.get('K')}", f"seed={cfg.get('seed')}", *lc.get("tags", [])],
+        tags=[f"layers={layers}", f"K={g['K']}", f"seed={cfg['seed']}", *lc["tags"]],
         config=cfg,
-        mode=wandb_mode(lc.get("mode", "auto")),
+        mode=wandb_mode(lc["mode"]),
         resume="allow",
     )
 

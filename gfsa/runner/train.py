@@ -38,8 +38,8 @@ def check_environment(cfg: dict) -> None:
     """What the config asks of this machine: the accelerator exists, the results dir is writable."""
     import torch
 
-    t = cfg.get("trainer") or {}
-    acc = t.get("accelerator")
+    t = cfg["trainer"]
+    acc = t["accelerator"]
     if acc in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"trainer.accelerator={acc} but this machine has no usable GPU "
@@ -48,7 +48,7 @@ def check_environment(cfg: dict) -> None:
         )
     if acc == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("trainer.accelerator=mps but MPS is not available here: use trainer.accelerator=cpu or auto")
-    devices = t.get("devices")
+    devices = t["devices"]
     if acc in ("gpu", "cuda") and isinstance(devices, int) and devices > torch.cuda.device_count():
         raise ConfigError(
             f"trainer.devices={devices} but {torch.cuda.device_count()} GPU(s) are visible: "
@@ -66,8 +66,8 @@ def apply_global_batch(cfg: dict, trainer) -> int:
     """Check (or derive, with ``trainer.accumulate_grad_batches=auto``) the preset's global batch:
     world size × per-device batch × accumulation. Returns the global batch."""
     per_step = trainer.world_size * int(cfg["task"]["batch_size"])
-    want = cfg["task"].get("global_batch_size")
-    if str(cfg["trainer"].get("accumulate_grad_batches")).lower() == "auto":
+    want = cfg["task"].get("global_batch_size")  # optional: the presets that fix a global batch set it
+    if str(cfg["trainer"]["accumulate_grad_batches"]).lower() == "auto":
         if not want:
             raise ConfigError("trainer.accumulate_grad_batches=auto needs task.global_batch_size")
         if want % per_step:
@@ -208,8 +208,8 @@ def _already(record: dict, cfg: DictConfig | dict | None = None) -> dict:
 def _data_changed(record: dict, cfg: dict) -> str | None:
     """task.data_dir is not part of a run's identity (the same data may live anywhere): say so when the
     ended run was trained on another folder, or on different contents of the same one."""
-    now = (cfg.get("task") or {}).get("data_dir")
-    then = ((record.get("config") or {}).get("task") or {}).get("data_dir")
+    now = cfg["task"]["data_dir"]
+    then = ((record.get("config") or {}).get("task") or {}).get("data_dir")  # a record of any age
     hint = "task.data_dir is not part of a run's identity: delete the run dir to train on this data"
     if now and then and os.path.abspath(os.path.expanduser(str(now))) != os.path.abspath(os.path.expanduser(then)):
         return f"this run was trained on task.data_dir={then}, not {now}; {hint}"
@@ -288,7 +288,7 @@ def _claim(rdir: Path, cfg: dict):
 
     lock = RunLock(rdir)
     try:
-        lock.acquire(timeout=(cfg.get("run") or {}).get("lock_timeout"), on_wait=waiting)
+        lock.acquire(timeout=cfg["run"]["lock_timeout"], on_wait=waiting)
     except RunLocked as e:
         raise ConfigError(str(e)) from None
     done = _ended(rdir)
@@ -304,7 +304,7 @@ def _resume_from(cfg: dict, last: Path, recipe) -> str | None:
 
     if not last.exists():
         return None
-    if cfg.get("resume") == "restart":
+    if cfg["resume"] == "restart":
         last.unlink()
         print(f"resume=restart: removed {last}; training from the start", file=sys.stderr)
         return None
@@ -344,7 +344,7 @@ def execute(p: Prepared, extra_callbacks: tuple = ()) -> dict | None:
 
     cfg, rdir, variant, task, model, recipe, facts = p.cfg, p.rdir, p.variant, p.task, p.model, p.recipe, p.facts
     trainer_cfg = dict(cfg["trainer"])
-    if trainer_cfg.get("fast_dev_run"):
+    if trainer_cfg["fast_dev_run"]:
         return _smoke(p, extra_callbacks)
     rid = R.run_id(rdir)
     history, timer = ValidationHistory(), StepTimer()
@@ -353,9 +353,9 @@ def execute(p: Prepared, extra_callbacks: tuple = ()) -> dict | None:
     ckpt_dir = rdir / "checkpoints"
     # last.ckpt at every epoch end (checkpoint: true) and when a signal (time limit, preemption, Ctrl-C)
     # stops the run; the same command resumes from it to the same metrics (gfsa/requeue.py).
-    preemption = Preemption(ckpt_dir / "last.ckpt", every_epoch=bool(cfg.get("checkpoint", True)))
+    preemption = Preemption(ckpt_dir / "last.ckpt", every_epoch=bool(cfg["checkpoint"]))
     callbacks.append(preemption)
-    if str(trainer_cfg.get("accumulate_grad_batches")).lower() == "auto":
+    if str(trainer_cfg["accumulate_grad_batches"]).lower() == "auto":
         trainer_cfg["accumulate_grad_batches"] = 1  # apply_global_batch derives it
     logger = make_logger(cfg, rdir, rid, f"{cfg['backbone']['name']}/{cfg['task']['name']}/{rdir.name}", variant)
     trainer = _trainer(trainer_cfg, logger, callbacks, rdir)
@@ -363,7 +363,7 @@ def execute(p: Prepared, extra_callbacks: tuple = ()) -> dict | None:
     claim = _claim(rdir, cfg)
     if isinstance(claim, dict):
         return _already(claim)
-    facts = {**facts, "data_fingerprint": R.data_fingerprint(cfg["task"].get("data_dir"))}
+    facts = {**facts, "data_fingerprint": R.data_fingerprint(cfg["task"]["data_dir"])}
     try:
         resume = _resume_from(cfg, ckpt_dir / "last.ckpt", recipe)
         # Reseed: a run trains the same whether or not its baseline trained first in this process.
@@ -426,7 +426,7 @@ def configured_callbacks(cfg: dict) -> list:
     from hydra.utils import instantiate
 
     out = []
-    for name, spec in (cfg.get("callbacks") or {}).items():
+    for name, spec in (cfg.get("callbacks") or {}).items():  # ~callbacks drops the group
         if not spec:
             continue
         if not isinstance(spec, dict) or "_target_" not in spec:
@@ -454,7 +454,7 @@ def _smoke(p: Prepared, extra_callbacks: tuple) -> None:
     """``trainer.fast_dev_run``: a few batches through the whole path in a temporary folder, no record,
     nothing left behind."""
     trainer_cfg = dict(p.cfg["trainer"])
-    if str(trainer_cfg.get("accumulate_grad_batches")).lower() == "auto":
+    if str(trainer_cfg["accumulate_grad_batches"]).lower() == "auto":
         trainer_cfg["accumulate_grad_batches"] = 1
     with tempfile.TemporaryDirectory(prefix="gfsa-smoke-") as tmp:
         trainer = _trainer(trainer_cfg, False, list(extra_callbacks), Path(tmp))
@@ -499,7 +499,7 @@ def _record(cfg, rdir, rid, variant, task, model, facts, history, timer, trainer
         "seed": cfg["seed"],
         "pair_key": R.pair_key(cfg),
         "primary_metric": primary,
-        "selected_by": cfg["task"].get("metric_select", "last"),
+        "selected_by": cfg["task"]["metric_select"],
         "metrics": with_direction(last),
         "best": (with_direction(best["metrics"]) | {"_epoch": {"value": best["epoch"], "direction": "up"}})
         if best
@@ -526,7 +526,7 @@ def _record(cfg, rdir, rid, variant, task, model, facts, history, timer, trainer
 def wants_baseline(cfg: dict) -> bool:
     """``with_baseline=auto`` trains a missing baseline first in single runs, never in sweeps
     (a sweep lists its baselines as cells, and two jobs must not train the same one)."""
-    mode = cfg.get("with_baseline", "auto")
+    mode = cfg["with_baseline"]
     if mode == "auto":
         try:
             from hydra.core.hydra_config import HydraConfig

@@ -117,7 +117,7 @@ class LRAEncoder(nn.Module):
         return self.head((x * weights).sum(1) / weights.sum(1).clamp_min(1.0))
 
 
-def _build(cfg, task, kind: str) -> LRAEncoder:
+def _build(cfg, task, kind: str, attention_dropout: float) -> LRAEncoder:
     missing = [a for a in ("vocab_size", "max_length", "num_classes") if not hasattr(task, a)]
     if missing:
         raise ConfigError(
@@ -133,16 +133,17 @@ def _build(cfg, task, kind: str) -> LRAEncoder:
         num_heads=int(cfg.num_heads),
         mlp_dim=int(cfg.mlp_dim),
         dropout=float(cfg.dropout),
-        attention_dropout=float(cfg.get("attention_dropout", 0.0)),
+        attention_dropout=attention_dropout,
         pool=str(cfg.pool),
     )
 
 
 def build(cfg, task) -> LRAEncoder:
-    """``backbone=efficient_attention``: Efficient (linear) attention."""
-    return _build(cfg, task, "efficient")
+    """``backbone=efficient_attention``: Efficient (linear) attention. It forms no attention matrix, so
+    it has no attention dropout (and its config no ``attention_dropout``)."""
+    return _build(cfg, task, "efficient", attention_dropout=0.0)
 
 
 def build_softmax(cfg, task) -> LRAEncoder:
     """``backbone=lra_transformer``: the same encoder with softmax attention."""
-    return _build(cfg, task, "softmax")
+    return _build(cfg, task, "softmax", attention_dropout=float(cfg.attention_dropout))

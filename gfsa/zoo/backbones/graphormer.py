@@ -241,5 +241,5 @@ def build(cfg, task) -> Graphormer:
         num_spatial=int(cfg.num_spatial),
         num_degree=int(cfg.num_degree),
         multi_hop_max_dist=int(cfg.multi_hop_max_dist),
-        spatial_pos_max=cfg.get("spatial_pos_max"),
+        spatial_pos_max=cfg["spatial_pos_max"],
     )

@@ -130,7 +130,7 @@ def build(cfg, task) -> nn.Module:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     source = os.path.expanduser(str(cfg.pretrained))
-    init = str(cfg.get("init", "pretrained"))
+    init = str(cfg["init"])
     if init not in INITS:
         raise ConfigError(f"backbone.init={init}: choose one of {', '.join(INITS)}")
     head = getattr(task, "head", None)

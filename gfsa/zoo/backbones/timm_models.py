@@ -9,7 +9,7 @@ import timm
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
-from gfsa.utils.errors import ConfigError
+from gfsa.utils.errors import ConfigError, first_line
 
 
 class ImageClassifier(nn.Module):
@@ -26,7 +26,7 @@ class ImageClassifier(nn.Module):
 def _pretrained(cfg, kwargs: dict) -> bool:
     """``backbone.pretrained``: false, true (timm's hub weights) or a checkpoint file, which timm
     loads through its own pretrained path (state-dict filters, position-embedding resampling)."""
-    pretrained = cfg.get("pretrained", False)
+    pretrained = cfg["pretrained"]
     if not isinstance(pretrained, str):
         return bool(pretrained)
     if pretrained.lower() in ("true", "false"):
@@ -104,7 +104,7 @@ def build(cfg, task) -> nn.Module:
     """``backbone.model`` is a timm model name; ``backbone.kwargs`` override its architecture
     (``backbone.depth`` its number of blocks). ``backbone.pretrained``: false, true (timm's hub
     weights, needs network) or a checkpoint file."""
-    kwargs = dict(cfg.get("kwargs") or {})
+    kwargs = dict(cfg["kwargs"])
     kwargs.setdefault("num_classes", task.num_classes)
     if hasattr(task, "in_chans"):
         kwargs.setdefault("in_chans", task.in_chans)
@@ -115,7 +115,7 @@ def build(cfg, task) -> nn.Module:
                 "set task.image_size only"
             )
         kwargs["img_size"] = task.image_size
-    if cfg.get("depth"):
+    if cfg.get("depth"):  # DeiT backbones only (conf/backbone/deit.yaml: null keeps the model's)
         kwargs["depth"] = int(cfg.depth)
     pretrained = _pretrained(cfg, kwargs)
     try:
@@ -136,7 +136,7 @@ def build(cfg, task) -> nn.Module:
             ) from None
         if not isinstance(e, (RuntimeError, KeyError, ValueError, OSError)):
             raise
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        reason = (first_line(e, with_type=False) or type(e).__name__)[:200]
         raise ConfigError(  # shape mismatches, missing keys: weights of another architecture or size
             f"backbone.pretrained={cfg.pretrained} does not fit {cfg.model} with these kwargs ({reason}): "
             "pass a checkpoint of this architecture, or drop the backbone.kwargs / backbone.depth that change it"

@@ -15,6 +15,7 @@ ContraNorm is one only with ``scale=0`` (its published form, s > 0, changes outp
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 from torch import nn
@@ -27,6 +28,14 @@ from gfsa.zoo.methods.featscale import FeatScale
 
 METHODS = ("attnscale", "featscale", "contranorm")
 _OUTPUT_METHODS = ("featscale", "contranorm")
+# Each method's module; its keyword arguments after the first (heads or width) are the method's
+# hyperparameters, with their Python-API defaults. conf/method/<name>.yaml sets every one of them.
+CLASSES = {"attnscale": AttnScale, "featscale": FeatScale, "contranorm": ContraNorm}
+
+
+def hyperparameters(name: str) -> tuple[str, ...]:
+    """The hyperparameters ``apply_method`` takes for ``name`` (the arguments of its module)."""
+    return tuple(inspect.signature(CLASSES[name]).parameters)[1:]
 
 
 def feature_dim(module: nn.Module) -> int:
@@ -52,16 +61,7 @@ def _output_hook(module: nn.Module, args, output):
 
 
 def _build(name: str, module: nn.Module, num_heads: int, hp: dict) -> nn.Module:
-    if name == "attnscale":
-        return AttnScale(num_heads, init=float(hp.get("init", 0.0)), learn=bool(hp.get("learn", True)))
-    if name == "featscale":
-        return FeatScale(feature_dim(module), init=float(hp.get("init", 0.0)))
-    return ContraNorm(
-        feature_dim(module),
-        scale=float(hp.get("scale", 0.1)),
-        temperature=float(hp.get("temperature", 1.0)),
-        learnable=bool(hp.get("learnable", False)),
-    )
+    return CLASSES[name](num_heads if name == "attnscale" else feature_dim(module), **hp)
 
 
 def apply_method(model: nn.Module, name: str, layers: str | int | Sequence[int] = "all", **hparams) -> int:
@@ -74,6 +74,11 @@ def apply_method(model: nn.Module, name: str, layers: str | int | Sequence[int] 
 
     if name not in METHODS:
         raise ValueError(f"method.name={name}: choose one of none, {', '.join(METHODS)}")
+    unknown = [k for k in hparams if k not in hyperparameters(name)]
+    if unknown:
+        raise ValueError(
+            f"method.{unknown[0]}: {name} has no such option; its options are {', '.join(hyperparameters(name))}"
+        )
     adapter = find_adapter(model)
     all_layers = adapter.attention_layers(model)
     try:
@@ -118,18 +123,18 @@ def apply_from_config(cfg: dict, model: nn.Module) -> int:
     """
     from gfsa.utils.errors import ConfigError
 
-    m = cfg.get("method") or {}
-    name = m.get("name", "none")
+    m = cfg.get("method") or {"name": "none"}  # ~method drops the group: no compared method
+    name = m["name"]
     if name in (None, "none"):
         return 0
-    layers = (cfg.get("gfsa") or {}).get("layers", "none")
-    if layers not in (None, "none", []) and not m.get("with_gfsa", False):
+    layers = cfg["gfsa"]["layers"]
+    if layers not in (None, "none", []) and not m["with_gfsa"]:
         raise ConfigError(
             f"method={name} replaces GFSA but gfsa.layers={layers}: add gfsa.layers=none "
             "(or method.with_gfsa=true to combine them)"
         )
     hparams = {k: v for k, v in m.items() if k not in ("name", "layers", "with_gfsa")}
     try:
-        return apply_method(model, name, m.get("layers", "all"), **hparams)
+        return apply_method(model, name, m["layers"], **hparams)
     except (ValueError, TypeError) as e:  # layer specs, unsupported models: name the option
         raise ConfigError(str(e)) from None

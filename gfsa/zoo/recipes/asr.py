@@ -13,9 +13,9 @@ class ASRRecipe(ClassificationRecipe):
     def __init__(self, model, task, optim: dict):
         super().__init__(model, task, optim)
         self.decoding = {
-            "beam_size": int(task.cfg.get("beam_size", 1)),
-            "ctc_weight": float(task.cfg.get("decode_ctc_weight", 0.0)),
-            "max_len_ratio": float(task.cfg.get("max_decode_ratio", 1.0)),
+            "beam_size": int(task.cfg["beam_size"]),
+            "ctc_weight": float(task.cfg["decode_ctc_weight"]),
+            "max_len_ratio": float(task.cfg["max_decode_ratio"]),
         }
 
     def training_step(self, batch, batch_idx):

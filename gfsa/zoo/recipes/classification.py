@@ -55,6 +55,7 @@ class ClassificationRecipe(L.LightningModule):
     def configure_callbacks(self):
         """Epoch timing for the results record; EMA weights when ``optim.ema_decay`` is set."""
         callbacks = [common.EpochTimer()]
+        # ema_decay: optional, the DeiT recipe's (conf/optim/deit.yaml: null); +optim.ema_decay=… with other optims
         if self.optim.get("ema_decay"):
             from gfsa.zoo.recipes.ema import ModelEMA
 

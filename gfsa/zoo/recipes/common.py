@@ -16,6 +16,9 @@ from torch import nn
 from gfsa.utils.errors import ConfigError
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+# optim.momentum is optional: only SGD reads it, and conf/optim/ does not set it (a key there would change
+# every run's directory). This is its one default, documented in conf/optim/adamw.yaml and the README.
+SGD_MOMENTUM = 0.9
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -33,34 +36,35 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def configure_optimizers(module: L.LightningModule, model: nn.Module, optim: dict):
-    """Optimizer + LR schedule (per step; timm_cosine: per epoch or step) from the ``optim`` config group."""
-    name = optim.get("name", "adamw")
+    """Optimizer + LR schedule (per step; timm_cosine: per epoch or step) from the ``optim`` config group.
+    Every key is read as conf/optim/ sets it; ``momentum`` (SGD) and ``schedule_kwargs`` are optional."""
+    name = optim["name"]
     if name not in OPTIMIZERS:
         raise ConfigError(f"optim.name={name}: choose one of {', '.join(OPTIMIZERS)}")
     lr = float(optim["lr"])
-    if optim.get("lr_batch_base"):  # linear scaling rule: lr × global batch / base (DeiT: 512)
+    if optim["lr_batch_base"]:  # linear scaling rule: lr × global batch / base (DeiT: 512)
         t = module.trainer
         global_batch = t.world_size * t.accumulate_grad_batches * module.task.batch_size
         lr = lr * global_batch / float(optim["lr_batch_base"])
         rank_zero_info(f"lr {lr:.4g} = optim.lr {optim['lr']} × global batch {global_batch} / {optim['lr_batch_base']}")
     kwargs = {"lr": lr}
     if name in ("adamw", "adam"):
-        kwargs["betas"] = tuple(optim.get("betas", (0.9, 0.999)))
-        kwargs["eps"] = float(optim.get("eps", 1e-8))
+        kwargs["betas"] = tuple(optim["betas"])
+        kwargs["eps"] = float(optim["eps"])
     if name == "sgd":
-        kwargs["momentum"] = float(optim.get("momentum", 0.9))
-    opt = OPTIMIZERS[name](param_groups(model, float(optim.get("weight_decay", 0.0))), **kwargs)
-    schedule = optim.get("schedule", "constant")
+        kwargs["momentum"] = float(optim.get("momentum", SGD_MOMENTUM))
+    opt = OPTIMIZERS[name](param_groups(model, float(optim["weight_decay"])), **kwargs)
+    schedule = optim["schedule"]
     if schedule == "timm_cosine":
         return {"optimizer": opt, "lr_scheduler": timm_cosine(module.trainer, opt, optim)}
-    if schedule in (None, "none", "constant") and not optim.get("warmup_steps"):
+    if schedule in (None, "none", "constant") and not optim["warmup_steps"]:
         return opt
     from transformers import get_scheduler
 
     total = int(module.trainer.estimated_stepping_batches)
-    warmup = int(optim.get("warmup_steps") or 0) or int(float(optim.get("warmup_ratio", 0.0)) * total)
+    warmup = int(optim["warmup_steps"] or 0) or int(float(optim["warmup_ratio"]) * total)
     name = "constant_with_warmup" if schedule in (None, "none", "constant") else schedule
-    extra = dict(optim.get("schedule_kwargs") or {})  # e.g. {lr_end: 1e-9, power: 1.0} for polynomial
+    extra = dict(optim.get("schedule_kwargs") or {})  # optional, e.g. {lr_end: 1e-9, power: 1.0} for polynomial
     sched = get_scheduler(name, opt, num_warmup_steps=warmup, num_training_steps=total, scheduler_specific_kwargs=extra)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -75,10 +79,8 @@ def timm_cosine(trainer, opt, optim: dict) -> dict:
     epochs = trainer.max_epochs
     if not epochs or epochs < 1:
         raise ConfigError("optim.schedule=timm_cosine counts epochs: set trainer.max_epochs")
-    interval = optim.get("schedule_interval", "epoch")
-    if interval not in ("epoch", "step"):
-        raise ConfigError(f"optim.schedule_interval={interval}: choose epoch or step")
-    warmup = float(optim.get("warmup_epochs") or 0)
+    interval = optim["schedule_interval"]  # epoch | step, checked by gfsa.runner.config
+    warmup = float(optim["warmup_epochs"])
     if interval == "step":
         total = int(trainer.estimated_stepping_batches)
         length, warmup_t = total, round(warmup * total / epochs)
@@ -87,9 +89,9 @@ def timm_cosine(trainer, opt, optim: dict) -> dict:
     sched = CosineLRScheduler(
         opt,
         t_initial=length,
-        lr_min=float(optim.get("min_lr") or 0.0),
+        lr_min=float(optim["min_lr"]),
         warmup_t=warmup_t,
-        warmup_lr_init=float(optim.get("warmup_lr") or 0.0),
+        warmup_lr_init=float(optim["warmup_lr"]),
         t_in_epochs=interval == "epoch",
     )
     return {"scheduler": sched, "interval": interval}

@@ -31,7 +31,7 @@ class Task(L.LightningDataModule):
         super().__init__()
         self.cfg = cfg
         self.batch_size = int(cfg.batch_size)
-        self.num_workers = int(cfg.get("num_workers", 0))
+        self.num_workers = int(cfg["num_workers"])
 
     def check(self) -> None:
         """Validate inputs (paths, formats) cheaply, before training starts."""
@@ -74,7 +74,7 @@ class Task(L.LightningDataModule):
 
     def require_data_dir(self, *children: str) -> Path:
         """``task.data_dir`` as a Path that exists and holds ``children``, or a one-line error."""
-        d = self.cfg.get("data_dir")
+        d = self.cfg["data_dir"]
         if not d:
             raise ConfigError(f"task.data_dir is not set: pass task.data_dir=<dir with {', '.join(children)}>")
         path = Path(str(d)).expanduser()

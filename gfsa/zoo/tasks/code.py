@@ -39,8 +39,9 @@ class CodeTask(TextTask):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.eval_splits = [str(s) for s in (cfg.get("eval_splits") or EVAL_SPLITS)]
-        if any(s not in EVAL_SPLITS for s in self.eval_splits) or len(set(self.eval_splits)) != len(self.eval_splits):
+        self.eval_splits = [str(s) for s in cfg["eval_splits"]]
+        splits = self.eval_splits
+        if not splits or any(s not in EVAL_SPLITS for s in splits) or len(set(splits)) != len(splits):
             raise ConfigError(
                 f"task.eval_splits={self.eval_splits}: use distinct names from {', '.join(EVAL_SPLITS)}, "
                 "the first selects the epoch (e.g. [valid, test])"
@@ -144,8 +145,8 @@ class CloneTask(CodeTask):
             index[str(record["idx"])] = len(funcs)
             funcs.append(normalize(record["func"]))
         self.functions = TokenizedTexts.encode(self.tokenizer, funcs, None, self.max_length)
-        self.train_set = self._pairs(root / train, index, float(self.cfg.get("train_fraction", 1.0)))
-        val_fraction = float(self.cfg.get("val_fraction", 1.0))  # a sample of valid only: test is scored in full
+        self.train_set = self._pairs(root / train, index, float(self.cfg["train_fraction"]))
+        val_fraction = float(self.cfg["val_fraction"])  # a sample of valid only: test is scored in full
         self.val_sets = [
             self._pairs(root / f"{s}.txt", index, val_fraction if s == "valid" else 1.0) for s in self.eval_splits
         ]

@@ -20,7 +20,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryF1Score, BinaryMatthewsCorrCoef, MulticlassAccuracy
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
-from gfsa.utils.errors import ConfigError
+from gfsa.utils.errors import ConfigError, first_line
 from gfsa.zoo.tasks.text import TextTask, TokenizedTexts
 
 csv.field_size_limit(sys.maxsize)  # a few GLUE sentences are long
@@ -114,7 +114,7 @@ class GlueTask(TextTask):
         return [f"{sub}/{f}" if sub != "." else f for f in ("train.tsv", *self.spec.val_files)]
 
     def check(self) -> None:
-        if self.cfg.get("data_dir"):
+        if self.cfg["data_dir"]:
             self.require_data_dir(*self._folder_files())
 
     # ------------------------------------------------------------------ reading
@@ -169,13 +169,12 @@ class GlueTask(TextTask):
     def _read_hub(self, split: str) -> tuple[list, list[str] | None, list]:
         import datasets
 
-        path = str(self.cfg.get("hub_path") or "nyu-mll/glue")
+        path = str(self.cfg["hub_path"])
         try:
             ds = datasets.load_dataset(path, self.glue_task, split=split)
         except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: script-only datasets (datasets >= 4)
             raise ConfigError(
-                f"cannot load {path}/{self.glue_task} from the Hugging Face hub ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}): pass task.data_dir=<GLUE folder with {self.spec.folder}/train.tsv>"
+                f"cannot load {path}/{self.glue_task} from the Hugging Face hub ({first_line(e)}): pass task.data_dir=<GLUE folder with {self.spec.folder}/train.tsv>"
             ) from None
         texts = [list(ds[c]) for c in self.spec.hub_text]
         return texts[0], texts[1] if len(texts) > 1 else None, list(ds["label"])
@@ -185,7 +184,7 @@ class GlueTask(TextTask):
         return TokenizedTexts.encode(self.tokenizer, first, second, self.max_length, labels)
 
     def read(self) -> None:
-        if self.cfg.get("data_dir"):
+        if self.cfg["data_dir"]:
             files = self._folder_files()
             parts = [self.read_tsv(f) for f in files]
         else:

@@ -29,7 +29,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MultilabelAveragePrecision
 from torchmetrics.regression import MeanAbsoluteError
 
-from gfsa.utils.errors import ConfigError
+from gfsa.utils.errors import ConfigError, first_line
 from gfsa.zoo.formats import UNREACHABLE
 from gfsa.zoo.tasks.base import Task, prefixed_directions
 
@@ -120,10 +120,10 @@ class GraphTask(Task):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.encodings = list(cfg.get("encodings") or [])
-        self.rwse_steps = int(cfg.get("rwse_steps", 20))
-        self.eval_splits = list(cfg.get("eval_splits") or ["val"])
-        self.eval_batch_size = int(cfg.get("eval_batch_size") or self.batch_size)
+        self.encodings = list(cfg["encodings"])
+        self.rwse_steps = int(cfg["rwse_steps"])
+        self.eval_splits = list(cfg["eval_splits"])
+        self.eval_batch_size = int(cfg["eval_batch_size"])
         self.primary_metric = "mae" if self.kind == "regression" else "ap"
         self.directions = prefixed_directions(
             {self.primary_metric: "up" if self.kind == "multilabel" else "down", "loss": "down"}, self.eval_splits
@@ -135,6 +135,8 @@ class GraphTask(Task):
         return []
 
     def check(self) -> None:
+        if not self.eval_splits:
+            raise ConfigError("task.eval_splits is empty: name at least one split (the first selects), e.g. [val]")
         bad = [e for e in self.encodings if e not in ENCODINGS]
         if bad:
             raise ConfigError(f"task.encodings={self.encodings}: unknown {bad}; choose from {', '.join(ENCODINGS)}")
@@ -143,7 +145,7 @@ class GraphTask(Task):
             raise ConfigError(f"task.eval_splits={self.eval_splits}: unknown {unknown}; choose from val, test")
         root = self.require_data_dir()
         missing = [f for f in self.raw_files() if not (root / f).exists()]
-        if missing and not self.cfg.get("download", False):
+        if missing and not self.cfg["download"]:
             raise ConfigError(
                 f"task.data_dir={root} has no {missing[0]}: put the {self.cfg.name} files there or set task.download=true"
             )
@@ -160,7 +162,7 @@ class GraphTask(Task):
                 raise
             raise ConfigError(
                 f"task.data_dir={self.cfg.data_dir} has no {missing[0]} and downloading it failed "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): put the {self.cfg.name} files there"
+                f"({first_line(e)}): put the {self.cfg.name} files there"
             ) from None
         empty = [s for s in ("train", *self.eval_splits) if len(self.splits[s]) == 0]
         if empty:
@@ -202,7 +204,7 @@ class ZincTask(GraphTask):
         return [f"raw/{s}.{ext}" for s in ("train", "val", "test") for ext in ("pickle", "index")]
 
     def datasets(self, root: str, pre_transform) -> dict:
-        subset = bool(self.cfg.get("subset", True))
+        subset = bool(self.cfg["subset"])
         return {s: _ZINC(root, subset=subset, split=s, pre_transform=pre_transform) for s in ("train", "val", "test")}
 
 
@@ -210,7 +212,7 @@ class PeptidesTask(GraphTask):
     """LRGB Peptides-func (10-way multilabel, AP) or Peptides-struct (11 regression targets, MAE)."""
 
     def __init__(self, cfg):
-        self.name = str(cfg.get("dataset", "peptides-func")).lower()
+        self.name = str(cfg["dataset"]).lower()
         if self.name not in ("peptides-func", "peptides-struct"):
             raise ConfigError(f"task.dataset={self.name}: choose peptides-func or peptides-struct")
         self.kind, self.num_outputs = ("multilabel", 10) if self.name == "peptides-func" else ("regression", 11)
@@ -230,7 +232,7 @@ class PCQMTask(GraphTask):
     split_names: ClassVar[dict[str, str]] = {"train": "train", "val": "valid"}
 
     def __init__(self, cfg):
-        self.version = str(cfg.get("version", "pcqm4mv2"))
+        self.version = str(cfg["version"])
         if self.version not in OGBLSCMolecules.VERSIONS:
             raise ConfigError(f"task.version={self.version}: choose {' or '.join(OGBLSCMolecules.VERSIONS)}")
         self.node_feature_dims, self.edge_feature_dims = get_atom_feature_dims(), get_bond_feature_dims()

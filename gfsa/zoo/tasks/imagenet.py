@@ -149,24 +149,24 @@ class ImageFolderTask(Task):
             raise ConfigError(f"task.image_size={self.image_size}: must be a positive number of pixels")
         if self.mixup_active and self.batch_size % 2:
             raise ConfigError(f"task.batch_size={self.batch_size}: Mixup/CutMix pairs images, use an even batch size")
-        if self.cfg.get("classes"):
+        if self.cfg["classes"]:
             read_class_list(str(self.cfg.classes))
 
     @property
     def mixup_active(self) -> bool:
         c = self.cfg
-        return bool(c.get("mixup", 0) or c.get("cutmix", 0) or c.get("cutmix_minmax"))
+        return bool(c["mixup"] or c["cutmix"] or c["cutmix_minmax"])
 
     def transforms(self, train: bool):
         """timm's ImageNet transforms: DeiT's training augmentation, resize + center crop for eval."""
         c = self.cfg
-        interpolation = c.get("interpolation", "bicubic")
+        interpolation = c["interpolation"]
         if not train:
             return create_transform(
                 self.image_size,
                 is_training=False,
                 interpolation=interpolation,
-                crop_pct=float(c.get("crop_pct", 0.875)),
+                crop_pct=float(c["crop_pct"]),
                 mean=IMAGENET_MEAN,
                 std=IMAGENET_STD,
             )
@@ -174,18 +174,18 @@ class ImageFolderTask(Task):
             self.image_size,
             is_training=True,
             interpolation=interpolation,
-            auto_augment=c.get("auto_augment"),
-            color_jitter=c.get("color_jitter", 0.4),
-            re_prob=float(c.get("reprob", 0.0)),
-            re_mode=c.get("remode", "pixel"),
-            re_count=int(c.get("recount", 1)),
+            auto_augment=c["auto_augment"],
+            color_jitter=c["color_jitter"],
+            re_prob=float(c["reprob"]),
+            re_mode=c["remode"],
+            re_count=int(c["recount"]),
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
         )
 
     def load(self) -> None:
         root = self.require_data_dir("train", "val")
-        only = read_class_list(str(self.cfg.classes)) if self.cfg.get("classes") else None
+        only = read_class_list(str(self.cfg.classes)) if self.cfg["classes"] else None
         try:
             train = ClassFolder(str(root / "train"), self.transforms(True), only)
             val = ClassFolder(str(root / "val"), self.transforms(False), only)
@@ -205,16 +205,16 @@ class ImageFolderTask(Task):
         """Mixup/CutMix (with label smoothing) or smoothing alone: both give soft targets for
         SoftTargetCrossEntropy, which on smoothed one-hot targets equals LabelSmoothingCrossEntropy."""
         c = self.cfg
-        smoothing = float(c.get("smoothing", 0.0))
+        smoothing = float(c["smoothing"])
         if self.mixup_active:
-            minmax = c.get("cutmix_minmax")
+            minmax = c["cutmix_minmax"]
             self.mixup = Mixup(
-                mixup_alpha=float(c.get("mixup", 0.0)),
-                cutmix_alpha=float(c.get("cutmix", 0.0)),
+                mixup_alpha=float(c["mixup"]),
+                cutmix_alpha=float(c["cutmix"]),
                 cutmix_minmax=list(minmax) if minmax else None,
-                prob=float(c.get("mixup_prob", 1.0)),
-                switch_prob=float(c.get("mixup_switch_prob", 0.5)),
-                mode=c.get("mixup_mode", "batch"),
+                prob=float(c["mixup_prob"]),
+                switch_prob=float(c["mixup_switch_prob"]),
+                mode=c["mixup_mode"],
                 label_smoothing=smoothing,
                 num_classes=self.num_classes,
             )
@@ -236,7 +236,7 @@ class ImageFolderTask(Task):
         return F.cross_entropy(logits, labels)
 
     def train_dataloader(self) -> DataLoader:
-        repeats = int(self.cfg.get("repeated_aug", 0) or 0)
+        repeats = int(self.cfg["repeated_aug"])
         sampler = None
         if repeats > 1:
             t = self.trainer

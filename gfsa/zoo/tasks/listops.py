@@ -167,17 +167,17 @@ class ListOpsTask(Task):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.max_length = int(cfg.max_tokens)  # what a backbone's position table must cover
-        self.eval_batch_size = int(cfg.get("eval_batch_size") or self.batch_size)
+        self.eval_batch_size = int(cfg["eval_batch_size"])
 
     def check(self) -> None:
-        if self.cfg.get("data_dir"):
+        if self.cfg["data_dir"]:
             self.require_data_dir("basic_train.tsv", "basic_val.tsv")
         if self.max_length < 1:
             raise ConfigError(f"task.max_tokens={self.max_length}: must be >= 1")
 
     def split_files(self) -> dict[str, Path]:
         """The TSVs to read: ``task.data_dir``'s, or the generated ones (generated now if missing)."""
-        if self.cfg.get("data_dir"):
+        if self.cfg["data_dir"]:
             root = self.require_data_dir("basic_train.tsv", "basic_val.tsv")
             return {s: root / f"basic_{s}.tsv" for s in ("train", "val")}
         settings = {k: int(v) for k, v in dict(self.cfg.generate).items()}

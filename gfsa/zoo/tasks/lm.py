@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 from torchmetrics import Metric, MetricCollection
 
-from gfsa.utils.errors import ConfigError
+from gfsa.utils.errors import ConfigError, first_line
 from gfsa.zoo.tasks.text import CHUNK, TextTask
 
 LINE_MODES = ("strip", "keep")
@@ -71,7 +71,7 @@ class CausalLMTask(TextTask):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.lines = str(cfg.get("lines", "keep"))
+        self.lines = str(cfg["lines"])
         if self.lines not in LINE_MODES:
             raise ConfigError(f"task.lines={self.lines}: choose one of {', '.join(LINE_MODES)}")
 
@@ -79,12 +79,12 @@ class CausalLMTask(TextTask):
         return self.data_file(split, *self.cfg.files[split])
 
     def check(self) -> None:
-        if self.cfg.get("data_dir"):
+        if self.cfg["data_dir"]:
             for split in ("train", "val"):
                 self._path(split)
 
     def _read_lines(self, split: str) -> list[str]:
-        if self.cfg.get("data_dir"):
+        if self.cfg["data_dir"]:
             with open(self._path(split), encoding="utf-8") as f:
                 if self.lines == "strip":
                     return [line.strip() for line in f]
@@ -93,11 +93,10 @@ class CausalLMTask(TextTask):
 
         hub = self.cfg.hub
         try:
-            ds = datasets.load_dataset(str(hub.path), hub.get("name"), split=str(hub.splits[split]))
+            ds = datasets.load_dataset(str(hub.path), hub["name"], split=str(hub.splits[split]))
         except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: script-only datasets (datasets >= 4)
             raise ConfigError(
-                f"cannot load {hub.path}/{hub.get('name')} from the Hugging Face hub ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}): pass task.data_dir=<folder with {self.cfg.files[split][0]}>"
+                f"cannot load {hub.path}/{hub['name']} from the Hugging Face hub ({first_line(e)}): pass task.data_dir=<folder with {self.cfg.files[split][0]}>"
             ) from None
         return list(ds[str(hub.text_column)])
 

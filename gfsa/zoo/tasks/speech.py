@@ -211,13 +211,13 @@ class LibriSpeechTask(Task):
         self.train_splits = list(cfg.train_splits)
         self.eval_splits = list(cfg.eval_splits)
         self.directions = prefixed_directions({"wer": "down", "loss": "down"}, self.eval_splits)
-        self.eval_batch_size = int(cfg.get("eval_batch_size") or self.batch_size)
-        self.num_mel_bins = int(cfg.get("num_mel_bins", 80))
-        self.specaugment = dict(cfg.get("specaugment") or {})
+        self.eval_batch_size = int(cfg["eval_batch_size"])
+        self.num_mel_bins = int(cfg["num_mel_bins"])
+        self.specaugment = dict(cfg["specaugment"])
         self.data_report: dict = {}
 
     def check(self) -> None:
-        kind = self.cfg.get("tokenizer", "char")
+        kind = self.cfg["tokenizer"]
         if kind not in TOKENIZERS:
             raise ConfigError(f"task.tokenizer={kind}: choose {' or '.join(TOKENIZERS)}")
         if not self.eval_splits or not self.train_splits:
@@ -228,7 +228,7 @@ class LibriSpeechTask(Task):
         root = self.require_data_dir(*self.train_splits, *self.eval_splits)
         utts = {s: scan_split(root, s) for s in dict.fromkeys(self.train_splits + self.eval_splits)}
         off = [u for us in utts.values() for u in us if u.sample_rate != SAMPLE_RATE]
-        if off and not self.cfg.get("resample", True):
+        if off and not self.cfg["resample"]:
             raise ConfigError(
                 f"{off[0].path}: {off[0].sample_rate} Hz audio, expected {SAMPLE_RATE}: "
                 "set task.resample=true (scipy polyphase resampling) or convert the files"
@@ -243,9 +243,7 @@ class LibriSpeechTask(Task):
             )
         self.data_report = {"resampled_files": len(off)}
         train = [u for s in self.train_splits for u in utts[s]]
-        self.tokenizer = Tokenizer(
-            str(self.cfg.get("tokenizer", "char")), [u.text for u in train], int(self.cfg.get("vocab_size", 5000))
-        )
+        self.tokenizer = Tokenizer(str(self.cfg["tokenizer"]), [u.text for u in train], int(self.cfg["vocab_size"]))
         self.vocab_size = self.tokenizer.vocab_size
         extractor = Speech2TextFeatureExtractor(
             feature_size=self.num_mel_bins, num_mel_bins=self.num_mel_bins, sampling_rate=SAMPLE_RATE
@@ -264,15 +262,15 @@ class LibriSpeechTask(Task):
 
     def train_batch(self, batch: dict) -> dict:
         s = self.specaugment
-        if not any(s.get(k) for k in ("freq_masks", "time_masks")):
+        if not (s["freq_masks"] or s["time_masks"]):
             return batch
         feats = spec_augment(
             batch["features"],
             batch["feature_mask"],
-            int(s.get("freq_masks", 0)),
-            int(s.get("freq_width", 0)),
-            int(s.get("time_masks", 0)),
-            int(s.get("time_width", 0)),
+            int(s["freq_masks"]),
+            int(s["freq_width"]),
+            int(s["time_masks"]),
+            int(s["time_width"]),
         )
         return {**batch, "features": feats}
 

@@ -103,12 +103,12 @@ class TextTask(Task):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.max_length = int(cfg[self.length_option.removeprefix("task.")])
-        self.eval_batch_size = int(cfg.get("eval_batch_size") or self.batch_size)
+        self.eval_batch_size = int(cfg["eval_batch_size"])
 
     def load(self) -> None:
         from gfsa.zoo.hub import load_tokenizer
 
-        source = self.cfg.get("tokenizer")
+        source = self.cfg["tokenizer"]
         if not isinstance(source, str) or source.lower() in ("", "true", "false"):
             raise ConfigError(
                 f"task {self.cfg.name} reads text: pick a Hugging Face backbone (bert, roberta, gpt2, codet5_small, ...) "
