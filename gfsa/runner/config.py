@@ -227,3 +227,24 @@ def normalise(cfg: dict) -> dict:
     if results is not None and not str(results).strip():
         raise ConfigError("paths.results_dir is empty: pass paths.results_dir=<dir> (or set GFSA_RESULTS_DIR)")
     return cfg
+
+
+def with_run_defaults(cfg: dict) -> dict:
+    """A config recorded by an older version of the suite, completed with the run-level keys that
+    conf/config.yaml has gained since (``resume``, ``run.lock_timeout``, the ``callbacks`` group, ...), so
+    the run can be built again (``gfsa analyze``, ``gfsa eval``). Recorded values always win."""
+    import yaml
+
+    from gfsa.utils.resources import conf_dir
+
+    base = yaml.safe_load((conf_dir() / "config.yaml").read_text())
+    out = copy.deepcopy(cfg)
+    for key, value in base.items():
+        if key in ("defaults", "hydra"):
+            continue
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = {**value, **out[key]}
+    out.setdefault("callbacks", {})
+    return out

@@ -52,10 +52,11 @@ def baseline_of(run_dir: Path, record: dict) -> Path | None:
 
 def measure(run_dir: Path, record: dict, ckpt: Path, batches: int) -> dict:
     """Rebuild the run (``gfsa.runner.train.prepare``), load its checkpoint and measure ``batches`` val batches."""
+    from gfsa.runner.config import with_run_defaults
     from gfsa.runner.train import Prepared, prepare
     from gfsa.zoo.backbones import patch_target
 
-    cfg = dict(record["config"])
+    cfg = with_run_defaults(record["config"])
     with tempfile.TemporaryDirectory() as tmp:  # a results dir without this run's record: prepare builds it
         cfg["paths"] = {**(cfg.get("paths") or {}), "results_dir": tmp}
         prepared = prepare(cfg)
