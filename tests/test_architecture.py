@@ -92,3 +92,21 @@ def test_a_small_run_records_what_it_recorded_before_the_restructuring(tmp_path)
     for key in theirs:  # field by field, so a difference names its field
         assert ours[key] == theirs[key], key
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_run_directories_of_every_preset_and_option_stay_what_they_were():
+    """A run's directory is its identity: an existing results dir must keep matching its configs. A new
+    config key that reproduces the old behaviour at some value is registered in results.ADDED_KEYS with
+    that value; a preset whose recipe changes on purpose gets its new directory recorded here with a reason."""
+    from omegaconf import OmegaConf
+
+    from gfsa.runner import results as R
+    from gfsa.runner.config import normalise
+
+    pinned = json.loads((REPO / "tests" / "data" / "run_dirs.json").read_text())
+    moved = {}
+    for args, rdir in pinned.items():
+        cfg = normalise(OmegaConf.to_container(compose([*args.split(), "paths.results_dir=results"]), resolve=True))
+        if str(R.run_dir(cfg)) != rdir:
+            moved[args] = (rdir, str(R.run_dir(cfg)))
+    assert not moved, moved

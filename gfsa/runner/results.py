@@ -42,6 +42,10 @@ DEFAULT_IGNORE = (
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
 )
+# Keys added to the config after runs were recorded without them, each with the value that computes what
+# those runs computed: at that value a key stays out of the run's identity, so older run directories keep
+# matching their configs (tests/data/run_dirs.json pins the run directories of every preset).
+ADDED_KEYS: dict[str, Any] = {}
 # Config groups that make a run a variant of its baseline.
 VARIANT_GROUPS = ("gfsa", "method")
 BASELINE_GFSA = {"layers": "none"}
@@ -56,6 +60,18 @@ def _drop(cfg: dict, dotted: str) -> None:
             return
     if isinstance(node, dict):
         node.pop(leaf, None)
+
+
+_MISSING = object()
+
+
+def _get(cfg: dict, dotted: str, default: Any = None) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
 
 
 def is_baseline(cfg: dict) -> bool:
@@ -80,6 +96,9 @@ def canonical(cfg: dict) -> dict:
     c = copy.deepcopy(cfg)
     for key in list((cfg.get("run") or {}).get("ignore", [])) + list(DEFAULT_IGNORE):
         _drop(c, key)
+    for key, neutral in ADDED_KEYS.items():
+        if _get(c, key, _MISSING) == neutral:
+            _drop(c, key)
     if is_baseline(c):  # GFSA settings of an unpatched model are irrelevant
         c["gfsa"] = dict(BASELINE_GFSA)
         c.pop("method", None)
