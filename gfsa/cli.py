@@ -102,7 +102,8 @@ def run_main(argv: list[str] | None = None) -> None:
     from omegaconf import DictConfig
 
     from gfsa.runner.console import check_overrides
-    from gfsa.runner.train import DIVERGED_RUNS, EXIT_DIVERGED, disk_error, run_job
+    from gfsa.runner.rundir import disk_error
+    from gfsa.runner.train import DIVERGED_RUNS, EXIT_DIVERGED, run_job
 
     CONF_DIR = conf_dir()
     args = sys.argv[1:] if argv is None else argv

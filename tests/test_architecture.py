@@ -20,7 +20,8 @@ GOLDEN = REPO / "tests" / "data" / "golden_record.json"
 GOLDEN_RUN = [*FAST, "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "gfsa.layers=selected"]
 GOLDEN_RUN += ["gfsa.wK=0.2", "with_baseline=false"]
 VOLATILE = {"timing", "host", "git", "versions", "finished_at"}
-# Config keys renamed on purpose since (they name nothing a run computes): analysis → callbacks.
+# Config keys renamed on purpose since (they name nothing a run computes): analysis → callbacks. The
+# config is compared as what it computes (results.canonical: how a run executes, e.g. run.*, is left out).
 RENAMED = {"analysis", "callbacks"}
 
 
@@ -79,8 +80,10 @@ def test_light_modules_import_no_torch():
 
 
 def _comparable(record: dict, root: str = "<results>") -> dict:
+    from gfsa.runner import results as R
+
     out = {k: v for k, v in record.items() if k not in VOLATILE}
-    out["config"] = {k: v for k, v in out["config"].items() if k not in RENAMED}
+    out["config"] = {k: v for k, v in R.canonical(out["config"]).items() if k not in RENAMED}
     return json.loads(json.dumps(out, sort_keys=True).replace(root, "<results>"))
 
 

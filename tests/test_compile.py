@@ -108,3 +108,20 @@ def test_inductor_compiles_the_patched_vit():
     compiled = torch.compile(model, fullgraph=True)  # inductor: generated kernels
     with torch.no_grad():
         assert (compiled(*args) - model(*args)).abs().max() <= 1e-5
+
+
+def test_a_run_with_run_compile_trains_and_records_as_eager(tmp_path):
+    """run.compile=true: the same run directory (how a run executes, not what it computes) and the
+    eager run's metrics up to the compiler's rounding."""
+    from conftest import FAST, compose
+
+    from gfsa.runner.train import run
+
+    args = [*FAST, "gfsa.layers=all", "gfsa.wK=0.2", "with_baseline=false"]
+    eager = run(compose(args, tmp_path / "eager"))
+    torch._dynamo.reset()
+    compiled = run(compose([*args, "run.compile=true"], tmp_path / "compiled"))
+    assert compiled["config"]["run"]["compile"] is True
+    assert compiled["run_dir"].replace("compiled", "eager") == eager["run_dir"]
+    for name, entry in eager["metrics"].items():
+        assert compiled["metrics"][name]["value"] == pytest.approx(entry["value"], abs=1e-4), name

@@ -38,12 +38,12 @@ NOT_CONFIG = {
     "gfsa/runner/requeue.py": "checkpoints and Slurm's environment",
 }
 NOT_CONFIG_FUNCTIONS = {
-    ("gfsa/runner/train.py", "_data_changed"): "the record of an ended run (any age)",
+    ("gfsa/runner/rundir.py", "data_changed"): "the record of an ended run (any age)",
     ("*", "load_state_dict"): "a checkpoint's state (any age)",
 }
 # Keys that are optional by design: absent from some composed configs, and the code branches on them.
 OPTIONAL = {
-    ("gfsa/runner/train.py", "global_batch_size"): "set by the presets that fix a global batch (imagenet: null)",
+    ("gfsa/runner/environment.py", "global_batch_size"): "set by the presets that fix a global batch (imagenet: null)",
     ("gfsa/runner/config.py", "global_batch_size"): "set by the presets that fix a global batch (imagenet: null)",
     ("gfsa/runner/config.py", "check_val_every_n_epoch"): "a Lightning argument only some presets add",
     ("gfsa/runner/config.py", "momentum"): "SGD only; its one default is recipes.common.SGD_MOMENTUM (README)",

@@ -208,6 +208,7 @@ def _run(r: dict) -> dict:
         r["lock_timeout"] = _number("run.lock_timeout", r["lock_timeout"], low=0)
     if not isinstance(r["ignore"], list):
         raise ConfigError(f"run.ignore={r['ignore']!r}: expected a list of dotted keys")
+    r["compile"] = _flag("run.compile", r["compile"])
     return r
 
 

@@ -1,0 +1,108 @@
+"""What a finished (or diverged) run's results record holds: metrics with their directions, the last and
+best validation, history, GFSA layers and coefficients, timing over every attempt, the resolved config,
+the code's revision and the library versions."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+
+from gfsa.runner import results as R
+from gfsa.utils.resources import SOURCE_ROOT
+
+
+def git_revision() -> dict:
+    root = SOURCE_ROOT
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=False
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {"revision": None, "dirty": None}
+    return {
+        "revision": rev.stdout.strip() or None,
+        "dirty": bool(dirty.stdout.strip()) if rev.returncode == 0 else None,
+    }
+
+
+def versions() -> dict:
+    import lightning
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__}
+
+
+def coefficients(model) -> dict:
+    """Final GFSA coefficients per patched layer, for the record and the analysis."""
+    from gfsa.nn.attention import GFSACoefficients
+
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, GFSACoefficients):
+            out[name] = {c: getattr(m, c).detach().cpu().tolist() for c in ("w0", "w1", "wK")}
+    return out
+
+
+def build_record(cfg, rdir, rid, variant, task, model, facts, history, timer, trainer, preemption) -> dict:
+    directions = task.directions
+
+    def with_direction(metrics: dict) -> dict:
+        return {k: {"value": v, "direction": directions.get(k, "up")} for k, v in metrics.items()}
+
+    primary = task.primary_metric
+    sign = 1 if directions.get(primary, "up") == "up" else -1
+    last = history.history[-1]["metrics"] if history.history else {}
+    best = (
+        max(history.history, key=lambda h: sign * h["metrics"].get(primary, float("-inf") * sign))
+        if history.history
+        else None
+    )
+    devices = trainer.world_size
+    timing = timer.summary(trainer.strategy.root_device)
+    timing["wall_time_s"] = round(preemption.wall_time(), 2)
+    timing["attempts"] = preemption.attempts
+    if timing["step_time_s"]:  # the timer measures micro-batches: batch size × devices samples each
+        timing["samples_per_s"] = round(int(cfg["task"]["batch_size"]) * devices / timing["step_time_s"], 2)
+    for cb in trainer.callbacks:  # callbacks may contribute entries (e.g. seconds per validation epoch)
+        if callable(getattr(cb, "timing", None)):
+            timing.update(cb.timing())
+    data = dict(getattr(task, "data_report", None) or {})  # what loading skipped, e.g. unparseable molecules
+    if facts.get("data_fingerprint"):
+        data["fingerprint"] = facts["data_fingerprint"]
+    record = {
+        "schema": R.SCHEMA,
+        "status": R.FINISHED,
+        "run_dir": str(rdir),
+        "run_id": rid,
+        "backbone": cfg["backbone"]["name"],
+        "task": cfg["task"]["name"],
+        "variant": variant,
+        "seed": cfg["seed"],
+        "pair_key": R.pair_key(cfg),
+        "primary_metric": primary,
+        "selected_by": cfg["task"]["metric_select"],
+        "metrics": with_direction(last),
+        "best": (with_direction(best["metrics"]) | {"_epoch": {"value": best["epoch"], "direction": "up"}})
+        if best
+        else {},
+        "history": history.history,
+        "gfsa": {**{k: v for k, v in facts.items() if k != "data_fingerprint"}, "coefficients": coefficients(model)},
+        "data": data,
+        "timing": timing,
+        "world_size": devices,
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "config": cfg,
+        "git": git_revision(),
+        "versions": versions(),
+        "host": platform.node(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if variant != "baseline":
+        baseline = R.load_record(R.run_dir(R.baseline_config(cfg)))
+        record["comparison"] = R.pair(record, baseline) if baseline else None
+    return record
