@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> None:
     # report/analyze parse their own options (gfsa/ops/report/cli.py, gfsa/ops/analysis/cli.py; docs/reports.md)
     sub.add_parser("report", help="improvement tables and charts vs baselines and the paper", add_help=False)
     sub.add_parser("analyze", help="oversmoothing analysis of a trained run", add_help=False)
-    sub.add_parser("bench", help="performance benchmarks: attention | models | linear | all (--help)", add_help=False)
+    sub.add_parser("export", help="a trained run as a transformers or timm model directory (--help)", add_help=False)
+    sub.add_parser(
+        "bench", help="performance benchmarks: attention | models | linear | decode | all (--help)", add_help=False
+    )
     if argv[:1] == ["report"]:  # no Lightning on this path
         from gfsa.ops.report import main_cli as report_main
 
@@ -39,6 +42,11 @@ def main(argv: list[str] | None = None) -> None:
         from gfsa.ops.analysis import main_cli as analyze_main
 
         analyze_main(argv[1:])
+        return
+    if argv[:1] == ["export"]:
+        from gfsa.ops.export import main_cli as export_main
+
+        export_main(argv[1:])
         return
     if argv[:1] == ["bench"]:  # the benchmarks parse their own options (docs/performance.md)
         bench(argv[1:])
@@ -131,7 +139,7 @@ def run_main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_DIVERGED)
 
 
-BENCHMARKS = ("attention", "models", "linear")
+BENCHMARKS = ("attention", "models", "linear", "decode")
 
 
 def bench(argv: list[str]) -> None:

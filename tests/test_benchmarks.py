@@ -53,7 +53,7 @@ def test_attention_benchmark_skips_cells_over_the_memory_cap(tmp_path):
 
 
 def test_gfsa_bench_all_runs_every_benchmark_in_fast_mode(tmp_path):
-    """`gfsa bench all --fast`: operator, model and linear benchmarks end to end (no timing assertions)."""
+    """`gfsa bench all --fast`: operator, model, linear and decoding benchmarks end to end (no timing assertions)."""
     cmd = [sys.executable, "-m", "gfsa.cli", "bench", "all", "--fast", "--out-dir", str(tmp_path)]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -79,7 +79,13 @@ def test_gfsa_bench_all_runs_every_benchmark_in_fast_mode(tmp_path):
         assert all(cell["time_ms"] > 0 and cell["peak_mib"] > 0 for cell in row["impls"].values())
     assert set(linear["growth"]["operator_time"]) == {"128", "256"}
 
+    decode = json.loads((tmp_path / "decode.json").read_text())
+    assert [r["context"] for r in decode["rows"]] == [32, 64] and "ms per new token" in proc.stdout
+    for row in decode["rows"]:
+        assert set(row["per_token_ms"]) == {"plain_cached", "gfsa_cached", "gfsa_uncached"}
+        assert all(v > 0 for v in row["per_token_ms"].values())
+
 
 def test_gfsa_bench_usage():
     proc = subprocess.run([sys.executable, "-m", "gfsa.cli", "bench"], check=False, capture_output=True, text=True)
-    assert proc.returncode == 2 and "gfsa bench {attention,models,linear,all}" in proc.stderr
+    assert proc.returncode == 2 and "gfsa bench {attention,models,linear,decode,all}" in proc.stderr

@@ -64,9 +64,10 @@ def gfsa_model_class(cls: type) -> type:
     class GFSAModel(cls):
         def __init__(self, config, *args, **kwargs):
             super().__init__(config, *args, **kwargs)
-            settings = getattr(config, "gfsa", None)
-            if settings:
-                patch(self, settings=GFSASettings.from_mapping(settings))
+            settings = dict(getattr(config, "gfsa", None) or {})
+            if settings:  # "module": a part of this model was patched (e.g. a speech model's encoder)
+                module = settings.pop("module", "")
+                patch(self.get_submodule(module) if module else self, settings=GFSASettings.from_mapping(settings))
 
         @torch.no_grad()
         def initialize_weights(self):
@@ -101,7 +102,9 @@ def from_pretrained(
     if not saved:
         model = cls.from_pretrained(path_or_hub_id, config=config, **kwargs)
         return patch(model, settings=asked) if asked is not None else model
-    _check_agree(str(path_or_hub_id), GFSASettings.from_mapping(saved), asked)
+    _check_agree(
+        str(path_or_hub_id), GFSASettings.from_mapping({k: v for k, v in saved.items() if k != "module"}), asked
+    )
     kwargs.setdefault("attn_implementation", "gfsa")
     return gfsa_model_class(cls).from_pretrained(path_or_hub_id, config=config, **kwargs)
 

@@ -212,6 +212,15 @@ def _run(r: dict) -> dict:
     return r
 
 
+def _backbone(b: dict) -> dict:
+    if b["type"] == "hf" and b["pretrained"] is None:  # the task's tokenizer follows it: say it first
+        raise ConfigError(
+            f"backbone.pretrained is not set: backbone={b['name']} loads any transformers model, pass "
+            "backbone.pretrained=<hub id or local dir written by save_pretrained>"
+        )
+    return b
+
+
 def normalise(cfg: dict) -> dict:
     """The resolved config (every key of conf/, whose YAML holds the defaults) with every value checked
     and in one form; raises ConfigError."""
@@ -222,7 +231,7 @@ def normalise(cfg: dict) -> dict:
     cfg["resume"] = _choice("resume", str(cfg["resume"]).lower(), RESUME)
     cfg["run"] = _run(cfg["run"])
     cfg["gfsa"] = gfsa_settings(cfg["gfsa"]).to_config()
-    for group, check in (("trainer", _trainer), ("task", _task), ("optim", _optim)):
+    for group, check in (("trainer", _trainer), ("task", _task), ("optim", _optim), ("backbone", _backbone)):
         cfg[group] = check(cfg[group])
     results = cfg["paths"]["results_dir"]
     if results is not None and not str(results).strip():

@@ -6,10 +6,11 @@ the official code, which forms ``A @ A``. This measures the same models, built r
 timm/transformers configs (no downloads), patched with :func:`gfsa.patch` exactly as training runs
 are, and routed through the official formulation for the comparison (``official_formulation``).
 
-    python benchmarks/models.py                                   # DeiT-S, BERT-base, GPT-2 on CPU
-    python benchmarks/models.py --models gpt2 --repeats 7 --out models.json
-    python benchmarks/models.py --device cuda --dtype bf16 --batch-scale 8
-    python benchmarks/models.py --fast                            # smoke test: tiny configs, 1 repetition
+    gfsa bench models                                   # DeiT-S, BERT-base, GPT-2 on CPU
+    gfsa bench models --models gpt2 --repeats 7 --out models.json
+    gfsa bench models --models deit_s --compile         # also eager vs torch.compile'd training steps
+    gfsa bench models --device cuda --dtype bf16 --batch-scale 8
+    gfsa bench models --fast                            # smoke test: tiny configs, 1 repetition
 
 A training step is forward, backward and an AdamW step (gradients set to None after it); inference is
 a forward pass under ``torch.no_grad`` in eval mode. Attention dropout is off in every variant
@@ -209,7 +210,31 @@ def run_model(spec: Spec, args, out) -> dict:
     }
     times = ", ".join(f"{n} {cells[n]['train']['time_ms']:.0f} ms" for n in VARIANTS)
     out.log(f"{spec.name}: train step {times}")
+    if args.compile:
+        row["compiled"] = compiled_steps(variants, args)
     return row
+
+
+def compiled_steps(variants: dict, args) -> dict:
+    """Training step of the model without and with GFSA on all layers, eager vs torch.compile (inductor,
+    ``nn.Module.compile``: what ``run.compile=true`` does), timed interleaved after compilation."""
+    fns = {}
+    for name in ("none", "all"):
+        eager = variants[name]
+        compiled = copy.copy(eager)
+        compiled.model = copy.deepcopy(eager.model)
+        compiled.model.compile()
+        compiled.opt = torch.optim.AdamW(compiled.model.parameters(), lr=1e-5)
+        compiled.step()  # compiles (forward and backward) outside the measurement
+        fns[f"{name}_eager"], fns[f"{name}_compiled"] = eager.step, compiled.step
+    timed = interleaved(fns, args.repeats, args.warmup, torch.device(args.device))
+    return {
+        "train": timed,
+        "compiled_over_eager": {n: time_ratio(timed[f"{n}_compiled"], timed[f"{n}_eager"]) for n in ("none", "all")},
+        "gfsa_overhead_pct": {
+            kind: 100 * (time_ratio(timed[f"all_{kind}"], timed[f"none_{kind}"]) - 1) for kind in ("eager", "compiled")
+        },
+    }
 
 
 def tables(rows: list[dict], env: dict, args) -> list[Table]:
@@ -247,7 +272,28 @@ def tables(rows: list[dict], env: dict, args) -> list[Table]:
             *(fmt(c[n]["infer"]["time_ms"], ".0f") for n in VARIANTS),
             *(fmt(io[n], "+.1f", "%") for n in ("selected", "all", "all_official")),
         )
-    return [t, m, i]
+    out = [t, m, i]
+    compiled = [row for row in rows if "compiled" in row]
+    if compiled:
+        c = Table(title="Training step, eager vs torch.compile (inductor): median ms", caption=caption)
+        for col in (
+            "model",
+            "none eager",
+            "none compiled",
+            "all eager",
+            "all compiled",
+            "GFSA +% eager",
+            "GFSA +% compiled",
+        ):
+            c.add_column(col, justify="right", no_wrap=True)
+        for row in compiled:
+            tm, oh = row["compiled"]["train"], row["compiled"]["gfsa_overhead_pct"]
+            names = ("none_eager", "none_compiled", "all_eager", "all_compiled")
+            c.add_row(
+                row["model"], *(fmt(tm[n]["time_ms"], ".0f") for n in names), *(fmt(oh[k], "+.1f", "%") for k in oh)
+            )
+        out.append(c)
+    return out
 
 
 def parse_args(argv=None):
@@ -258,6 +304,7 @@ def parse_args(argv=None):
     p.add_argument("--impl", default="auto", choices=["auto", "fused", "materialized"], help="our GFSA path")
     p.add_argument("--wK", type=float, default=0.1, help="initial wK of the patched variants (nonzero: A² counts)")
     p.add_argument("--fast", action="store_true", help="smoke test: tiny configs, one repetition")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd training steps (none / all)")
     add_common_args(p)
     args = p.parse_args(argv)
     if args.fast:
@@ -271,7 +318,7 @@ def main(argv=None) -> dict:
     out = console()
     env = environment(args)
     rows = [run_model(SPECS[name], args, out) for name in args.models]
-    keys = ("models", "batch_scale", "attention_dropout", "impl", "wK", "repeats", "warmup")
+    keys = ("models", "batch_scale", "attention_dropout", "impl", "wK", "repeats", "warmup", "compile")
     config = {k: getattr(args, k) for k in keys}
     result = {"config": {**config, "fast": args.fast}, "environment": env, "variants": list(VARIANTS), "rows": rows}
     return finish(result, tables(rows, env, args), args, out)

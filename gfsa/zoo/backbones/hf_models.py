@@ -1,4 +1,6 @@
-"""Hugging Face transformers backbones: BERT, ALBERT, RoBERTa, GPT-2, CodeBERT, PLBART, CodeT5.
+"""Hugging Face transformers backbones: any model whose attention goes through transformers' attention
+interface (BERT, ALBERT, RoBERTa, GPT-2, CodeBERT, PLBART, CodeT5 as presets; Llama, Qwen, Mistral,
+DistilBERT, ... through backbone=hf_causal_lm | hf_encoder).
 
 ``backbone.pretrained`` is a hub name or a local directory (``save_pretrained`` output); the
 tokenizer loads from the same place (``task.tokenizer`` follows it). ``backbone.init=random``
@@ -129,7 +131,12 @@ def build(cfg, task) -> nn.Module:
     """The wrapper for ``task.head`` around the checkpoint ``backbone.pretrained``."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    source = os.path.expanduser(str(cfg.pretrained))
+    if cfg["pretrained"] is None:
+        raise ConfigError(
+            f"backbone.pretrained is not set: backbone={cfg['name']} loads any transformers model, pass "
+            "backbone.pretrained=<hub id or local dir written by save_pretrained>"
+        )
+    source = os.path.expanduser(str(cfg["pretrained"]))
     init = str(cfg["init"])
     if init not in INITS:
         raise ConfigError(f"backbone.init={init}: choose one of {', '.join(INITS)}")

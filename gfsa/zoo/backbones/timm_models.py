@@ -143,4 +143,9 @@ def build(cfg, task) -> nn.Module:
         ) from None
     if hasattr(task, "image_size"):
         check_input_size(net, task.image_size, cfg.name)
+    # How to build this architecture again (gfsa export writes it beside the weights for gfsa.create_model).
+    net.timm_create = {
+        "model_name": cfg.model,
+        "kwargs": {k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"},
+    }
     return ImageClassifier(net)
