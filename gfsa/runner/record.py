@@ -71,8 +71,9 @@ def build_record(cfg, rdir, rid, variant, task, model, facts, history, timer, tr
         if callable(getattr(cb, "timing", None)):
             timing.update(cb.timing())
     data = dict(getattr(task, "data_report", None) or {})  # what loading skipped, e.g. unparseable molecules
-    if facts.get("data_fingerprint"):
-        data["fingerprint"] = facts["data_fingerprint"]
+    fingerprint = R.data_fingerprint(cfg["task"]["data_dir"])  # rank 0 only: the one that writes the record
+    if fingerprint:
+        data["fingerprint"] = fingerprint
     record = {
         "schema": R.SCHEMA,
         "status": R.FINISHED,
@@ -90,7 +91,7 @@ def build_record(cfg, rdir, rid, variant, task, model, facts, history, timer, tr
         if best
         else {},
         "history": history.history,
-        "gfsa": {**{k: v for k, v in facts.items() if k != "data_fingerprint"}, "coefficients": coefficients(model)},
+        "gfsa": {**facts, "coefficients": coefficients(model)},
         "data": data,
         "timing": timing,
         "world_size": devices,

@@ -121,7 +121,6 @@ def execute(p: Prepared, extra_callbacks: tuple = ()) -> dict | None:
     claim = rundir.claim(rdir, cfg)
     if isinstance(claim, dict):
         return rundir.already(claim)
-    facts = {**facts, "data_fingerprint": R.data_fingerprint(cfg["task"]["data_dir"])}
     try:
         resume = rundir.resume_from(cfg, ckpt_dir / "last.ckpt", recipe)
         # Reseed: a run trains the same whether or not its baseline trained first in this process.
