@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("report", help="improvement tables and charts vs baselines and the paper", add_help=False)
     sub.add_parser("analyze", help="oversmoothing analysis of a trained run", add_help=False)
     sub.add_parser("bench", help="performance benchmarks: attention | models | linear | all (--help)", add_help=False)
+    sub.add_parser(
+        "demo-data", help="write tiny offline data for every domain; print a command for each", add_help=False
+    )
     if argv[:1] == ["report"]:  # no Lightning on this path
         from gfsa.ops.report import main_cli as report_main
 
@@ -39,6 +42,11 @@ def main(argv: list[str] | None = None) -> None:
         from gfsa.ops.analysis import main_cli as analyze_main
 
         analyze_main(argv[1:])
+        return
+    if argv[:1] == ["demo-data"]:  # gfsa/ops/demo_data.py
+        from gfsa.ops.demo_data import main_cli as demo_main
+
+        demo_main(argv[1:])
         return
     if argv[:1] == ["bench"]:  # the benchmarks parse their own options (docs/performance.md)
         bench(argv[1:])
