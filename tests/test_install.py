@@ -7,6 +7,7 @@ its dependencies (torch, Lightning, ...) from the project's venv, so nothing is 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -97,7 +98,7 @@ def test_console_script_runs_from_another_directory(installed):
     assert cfg["backbone"]["name"] == "deit" and cfg["seed"] == 3 and cfg["task"]["name"] == "digits"
     bad = _run(installed, gfsa, "run", "backbone=no_such_backbone")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "deit" in bad.stderr, bad.stderr[-2000:]
-    for command in (["report", "--help"], ["sweep", "--help"], ["bench", "--help"]):
+    for command in (["report", "--help"], ["sweep", "--help"], ["bench", "--help"], ["demo-data", "--help"]):
         proc = _run(installed, gfsa, *command)
         assert proc.returncode == 0 and "usage: gfsa" in proc.stdout, (command, proc.stderr[-2000:])
     # a paper table (experiments/) expanded into cells, each composed from the packaged conf/
@@ -105,6 +106,19 @@ def test_console_script_runs_from_another_directory(installed):
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     assert "bert_base/cola/gfsa" in sweep.stdout and "bert/cola/" in sweep.stdout
     assert not any(installed["cwd"].iterdir())  # --cfg job, --help and --dry-run write nothing
+
+
+def test_installed_gfsa_trains_and_reports(installed, tmp_path):
+    """The built-in comparison's model on digits, a few CPU batches, then the report with the packaged tables."""
+    results = tmp_path / "results"
+    quick = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
+    quick += ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "logger=none", "with_baseline=false"]
+    proc = _run(installed, installed["gfsa"], "run", *quick, f"paths.results_dir={results}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (record,) = results.rglob("result.json")
+    assert json.loads(record.read_text())["status"] == "finished"
+    report = _run(installed, installed["gfsa"], "report", str(results), "--out", str(tmp_path / "report"))
+    assert report.returncode == 0 and (tmp_path / "report" / "report.md").is_file(), report.stderr[-3000:]
 
 
 def test_conf_dir_override_still_wins_in_an_install(installed, tmp_path):
