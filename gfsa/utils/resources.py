@@ -38,8 +38,3 @@ def experiments_dir() -> Path:
 
 def slurm_template() -> Path:
     return shipped("slurm") / "sweep.sbatch"
-
-
-def is_checkout() -> bool:
-    """The code runs from a source tree (not a wheel): its git revision says which code ran."""
-    return not (PACKAGE_DIR / "conf").is_dir() and (SOURCE_ROOT / "conf").is_dir()
