@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser(
         "bench", help="performance benchmarks: attention | models | linear | decode | all (--help)", add_help=False
     )
+    sub.add_parser(
+        "demo-data", help="write tiny offline data for every domain; print a command for each", add_help=False
+    )
     if argv[:1] == ["report"]:  # no Lightning on this path
         from gfsa.ops.report import main_cli as report_main
 
@@ -47,6 +50,11 @@ def main(argv: list[str] | None = None) -> None:
         from gfsa.ops.export import main_cli as export_main
 
         export_main(argv[1:])
+        return
+    if argv[:1] == ["demo-data"]:  # gfsa/ops/demo_data.py
+        from gfsa.ops.demo_data import main_cli as demo_main
+
+        demo_main(argv[1:])
         return
     if argv[:1] == ["bench"]:  # the benchmarks parse their own options (docs/performance.md)
         bench(argv[1:])

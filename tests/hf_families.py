@@ -74,150 +74,107 @@ class Family:
     generative: bool = False  # model.generate() with a KV cache is checked
     unsupported: str | None = None  # the interface keyword GFSA cannot honour (expected error)
     stock_attn: str = "sdpa"  # Gemma2 sets _supports_sdpa = False: its stock build is eager
+    depth: tuple[str, ...] = ("num_hidden_layers",)  # the config keys of the layer count (build(layers=N))
     notes: dict = field(default_factory=dict)
 
 
-def _cfg(cls, **kw):
-    return cls(**kw)
+def _family(model_cls, config_cls, base: dict, **extra):
+    """A builder: the config ``base`` + ``extra`` (+ the sizes ``build`` passes), this attention implementation."""
+
+    def build(attn="sdpa", **sizes):
+        return model_cls._from_config(config_cls(**{**base, **extra, **sizes}), attn_implementation=attn)
+
+    return build
 
 
 def _decoder(model_cls, config_cls, **extra):
-    def build(attn="sdpa"):
-        cfg = config_cls(**{**DECODER, **extra})
-        return model_cls._from_config(cfg, attn_implementation=attn)
-
-    return build
+    return _family(model_cls, config_cls, DECODER, **extra)
 
 
 def _encoder(model_cls, config_cls, **extra):
-    def build(attn="sdpa"):
-        return model_cls._from_config(config_cls(**{**ENCODER, **extra}), attn_implementation=attn)
-
-    return build
+    return _family(model_cls, config_cls, ENCODER, **extra)
 
 
 def _seq2seq(model_cls, config_cls, **extra):
-    def build(attn="sdpa"):
-        return model_cls._from_config(config_cls(**{**SEQ2SEQ, **extra}), attn_implementation=attn)
-
-    return build
+    return _family(model_cls, config_cls, SEQ2SEQ, **extra)
 
 
-def _gpt2(attn="sdpa"):
-    cfg = tf.GPT2Config(
-        vocab_size=VOCAB,
-        n_embd=32,
-        n_layer=2,
-        n_head=HEADS,
-        n_positions=64,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    return tf.GPT2LMHeadModel._from_config(cfg, attn_implementation=attn)
-
-
-def _albert(attn="sdpa"):
-    cfg = tf.AlbertConfig(
-        **ENCODER,
-        embedding_size=16,
-        num_hidden_groups=1,
-        inner_group_num=1,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
-    )
-    return tf.AlbertModel._from_config(cfg, attn_implementation=attn)
-
-
-def _t5(attn="sdpa"):
-    cfg = tf.T5Config(
-        vocab_size=VOCAB,
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=HEADS,
-        relative_attention_num_buckets=8,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    return tf.T5Model._from_config(cfg, attn_implementation=attn)
-
-
-def _distilbert(attn="sdpa"):
-    cfg = tf.DistilBertConfig(
-        vocab_size=VOCAB, dim=32, n_layers=2, n_heads=HEADS, hidden_dim=64, max_position_embeddings=64, pad_token_id=0
-    )
-    return tf.DistilBertModel._from_config(cfg, attn_implementation=attn)
-
-
-def _vit(attn="sdpa"):
-    return tf.ViTModel._from_config(tf.ViTConfig(**VISION), attn_implementation=attn)
-
-
-def _dinov2(attn="sdpa"):
-    return tf.Dinov2Model._from_config(tf.Dinov2Config(**VISION), attn_implementation=attn)
+_gpt2 = _family(
+    tf.GPT2LMHeadModel,
+    tf.GPT2Config,
+    {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": HEADS, "n_positions": 64},
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+_albert = _encoder(
+    tf.AlbertModel,
+    tf.AlbertConfig,
+    embedding_size=16,
+    num_hidden_groups=1,
+    inner_group_num=1,
+    pad_token_id=0,
+    bos_token_id=2,
+    eos_token_id=3,
+)
+T5 = {"vocab_size": VOCAB, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2}
+_t5 = _family(
+    tf.T5Model,
+    tf.T5Config,
+    T5,
+    num_heads=HEADS,
+    relative_attention_num_buckets=8,
+    pad_token_id=0,
+    eos_token_id=1,
+    decoder_start_token_id=0,
+)
+DISTILBERT = {"vocab_size": VOCAB, "dim": 32, "n_layers": 2, "n_heads": HEADS, "hidden_dim": 64}
+_distilbert = _family(tf.DistilBertModel, tf.DistilBertConfig, DISTILBERT, max_position_embeddings=64, pad_token_id=0)
+_vit = _family(tf.ViTModel, tf.ViTConfig, VISION)
+_dinov2 = _family(tf.Dinov2Model, tf.Dinov2Config, VISION)
 
 
 FEATS, FRAMES, VALID_FRAMES = 8, 16, 9
 
 
-def _s2t(attn="sdpa"):
-    cfg = tf.Speech2TextConfig(
-        **SEQ2SEQ,
-        max_source_positions=64,
-        max_target_positions=64,
-        input_feat_per_channel=FEATS,
-        input_channels=1,
-        num_conv_layers=2,
-        conv_channels=16,
-    )
-    return tf.Speech2TextModel._from_config(cfg, attn_implementation=attn)
+_s2t = _seq2seq(
+    tf.Speech2TextModel,
+    tf.Speech2TextConfig,
+    max_source_positions=64,
+    max_target_positions=64,
+    input_feat_per_channel=FEATS,
+    input_channels=1,
+    num_conv_layers=2,
+    conv_channels=16,
+)
 
 
 MEL, SRC = 8, 16  # Whisper: 8 mel bins, 16 encoder positions = 32 input frames
 
 
-def _whisper(attn="sdpa"):
-    cfg = tf.WhisperConfig(
-        vocab_size=VOCAB,
-        num_mel_bins=MEL,
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=HEADS,
-        decoder_attention_heads=HEADS,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        max_source_positions=SRC,
-        max_target_positions=32,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-        decoder_start_token_id=3,
-        suppress_tokens=None,
-        begin_suppress_tokens=None,
-    )
-    return tf.WhisperModel._from_config(cfg, attn_implementation=attn)
+_whisper = _seq2seq(
+    tf.WhisperModel,
+    tf.WhisperConfig,
+    num_mel_bins=MEL,
+    max_source_positions=SRC,
+    max_target_positions=32,
+    decoder_start_token_id=3,
+    suppress_tokens=None,
+    begin_suppress_tokens=None,
+)
+
+_gpt_oss = _decoder(
+    tf.GptOssForCausalLM,
+    tf.GptOssConfig,
+    head_dim=8,
+    num_local_experts=2,
+    num_experts_per_tok=1,
+    sliding_window=4,
+    layer_types=["sliding_attention", "full_attention"],
+)
 
 
-def _gpt_oss(attn="sdpa"):
-    cfg = tf.GptOssConfig(
-        **{
-            **DECODER,
-            "head_dim": 8,
-            "num_local_experts": 2,
-            "num_experts_per_tok": 1,
-            "sliding_window": 4,
-            "layer_types": ["sliding_attention", "full_attention"],
-        }
-    )
-    return tf.GptOssForCausalLM._from_config(cfg, attn_implementation=attn)
-
-
+ENC_DEC = ("encoder_layers", "decoder_layers")
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
@@ -250,7 +207,7 @@ FAMILIES: dict[str, Family] = {
             generative=True,
         ),
         Family("phi3", _decoder(tf.Phi3ForCausalLM, tf.Phi3Config), "causal", left_pad=True, generative=True),
-        Family("gpt2", _gpt2, "causal", left_pad=True, generative=True),
+        Family("gpt2", _gpt2, "causal", left_pad=True, generative=True, depth=("n_layer",)),
         # expected errors: logit soft-capping (Gemma2 default 50.0), attention sinks (GPT-OSS)
         Family(
             "gemma2",
@@ -269,24 +226,34 @@ FAMILIES: dict[str, Family] = {
             pad_id=1,
         ),
         Family("albert", _albert, "encoder"),
-        Family("distilbert", _distilbert, "encoder"),
+        Family("distilbert", _distilbert, "encoder", depth=("n_layers",)),
         Family("vit", _vit, "vision"),
         Family("dinov2", _dinov2, "vision"),
-        Family("t5", _t5, "seq2seq"),
-        Family("bart", _seq2seq(tf.BartModel, tf.BartConfig, max_position_embeddings=64), "seq2seq", pad_id=1),
-        Family("plbart", _seq2seq(tf.PLBartModel, tf.PLBartConfig, max_position_embeddings=64), "seq2seq", pad_id=1),
-        Family("mbart", _seq2seq(tf.MBartModel, tf.MBartConfig, max_position_embeddings=64), "seq2seq", pad_id=1),
-        Family("speech_to_text", _s2t, "speech2seq", pad_id=1, stock_attn="eager"),  # _supports_sdpa = False
-        Family("whisper", _whisper, "speech2seq", pad_id=1),
+        Family("t5", _t5, "seq2seq", depth=("num_layers", "num_decoder_layers")),
+        *(
+            Family(name, _seq2seq(model, config, max_position_embeddings=64), "seq2seq", pad_id=1, depth=ENC_DEC)
+            for name, model, config in (
+                ("bart", tf.BartModel, tf.BartConfig),
+                ("plbart", tf.PLBartModel, tf.PLBartConfig),
+                ("mbart", tf.MBartModel, tf.MBartConfig),
+            )
+        ),
+        # Speech2Text: _supports_sdpa = False
+        Family("speech_to_text", _s2t, "speech2seq", pad_id=1, stock_attn="eager", depth=ENC_DEC),
+        Family("whisper", _whisper, "speech2seq", pad_id=1, depth=ENC_DEC),
     ]
 }
 
 
-def build(name: str, attn: str | None = None, dtype=torch.float32, seed: int = 0) -> tf.PreTrainedModel:
+def build(
+    name: str, attn: str | None = None, dtype=torch.float32, seed: int = 0, layers: int | None = None
+) -> tf.PreTrainedModel:
     """The family's tiny model with seeded weights: same seed, same weights for every ``attn``
-    (default: the family's stock implementation, sdpa for all but Gemma2)."""
+    (default: the family's stock implementation, sdpa for all but Gemma2 and Speech2Text). ``layers``:
+    another depth (each stack of an encoder-decoder)."""
+    fam = FAMILIES[name]
     torch.manual_seed(seed)
-    model = FAMILIES[name].build(attn or FAMILIES[name].stock_attn)
+    model = fam.build(attn or fam.stock_attn, **({k: layers for k in fam.depth} if layers else {}))
     return model.to(dtype).eval()
 
 

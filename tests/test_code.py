@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-import hf_fixtures as H
 import pytest
 import torch
 from conftest import FAST, compose
@@ -21,6 +20,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 from test_nlp import _check_record, _fails, check_table_composes
 
 from gfsa.runner.train import run, run_job
+from gfsa.zoo.demo import text as H
 
 CODE_PRESETS = [f"code/defect_{m}" for m in ("roberta", "codebert", "plbart", "codet5_small", "codet5_base")] + [
     f"code/clone_{m}" for m in ("codet5_small", "codet5_base")

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import hf_fixtures as H
 import pytest
 import torch
 import transformers as tf
@@ -21,6 +20,7 @@ from gfsa.ops.export import export
 from gfsa.runner.restore import locate, restore
 from gfsa.runner.train import run
 from gfsa.utils.errors import ConfigError
+from gfsa.zoo.demo import text as H
 
 GFSA_EXE = str(Path(sys.executable).parent / "gfsa")
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import math
 
-import hf_fixtures as H
 import pytest
 import transformers as tf
 from conftest import FAST, compose
 
 from gfsa.runner.train import run, run_job
 from gfsa.utils.errors import ConfigError
+from gfsa.zoo.demo import text as H
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
-import hf_fixtures as H
 import numpy as np
 import pytest
 import torch
@@ -30,6 +29,7 @@ from gfsa.runner import results as R
 from gfsa.runner.registry import resolve
 from gfsa.runner.train import run, run_job
 from gfsa.utils.errors import ConfigError
+from gfsa.zoo.demo import text as H
 
 NLP_PRESETS = [f"glue/{m}" for m in ("bert_base", "albert_base", "roberta_base")] + [
     f"lm/gpt2_{d}" for d in ("ptb", "wikitext2", "wikitext103")
@@ -43,18 +43,11 @@ def nlp(tmp_path_factory):
     texts = H.sentences(300)
     ckpt = {k: H.build_checkpoint(k, root / "ckpt" / k, texts) for k in ("bert", "albert", "roberta", "gpt2")}
     glue = H.write_glue(root / "glue")
-    ptb = root / "ptb"
-    ptb.mkdir()
-    for split, seed in (("train", 1), ("valid", 2), ("test", 3)):  # Mikolov's PTB: one sentence per line
-        (ptb / f"ptb.{split}.txt").write_text("".join(f" {s} \n" for s in H.sentences(60, seed)))
-    wikis = {}
-    for name, ext in (("wikitext2", "raw"), ("wikitext103", "tokens")):  # 103: the tokens variant only
-        d = root / name
-        d.mkdir()
-        for split, seed in (("train", 4), ("valid", 5), ("test", 6)):
-            body = "".join(f" = Article {i} = \n \n {s} . \n \n" for i, s in enumerate(H.sentences(40, seed)))
-            (d / f"wiki.{split}.{ext}").write_text(body)
-        wikis[name] = d
+    ptb = H.write_ptb(root / "ptb")
+    wikis = {
+        "wikitext2": H.write_wikitext(root / "wikitext2"),
+        "wikitext103": H.write_wikitext(root / "wikitext103", "tokens"),
+    }
     return SimpleNamespace(ckpt=ckpt, glue=glue, ptb=ptb, **wikis)
 
 

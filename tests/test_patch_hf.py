@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import pytest
 import torch
 import transformers as tf
+from hf_families import FAMILIES, HEADS, VOCAB, B, L, build, inputs, main_outputs, max_diff
 from patch_helpers import coefficient_modules, set_coefficients
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
@@ -25,128 +24,12 @@ from gfsa.nn.adapters import hf as gfsa_hf
 from gfsa.nn.layers import LayerSpecError
 from gfsa.nn.patching import UnsupportedModelError, added_parameters, gfsa_parameters, patched_layers
 
-VOCAB = 100
-HEADS = 4
-B, L, VALID = 2, 8, 5  # batch, sequence length, valid tokens of the padded row
-DEC_L = 5
-FEATS, FRAMES, VALID_FRAMES = 8, 16, 9
-
-
-# --------------------------------------------------------------------------------------------------
-# tiny models of the real architectures
-
-
-# Sizes shared by the tiny encoders (BERT, RoBERTa, ALBERT) and the tiny encoder-decoders.
-ENCODER = {
-    "vocab_size": VOCAB,
-    "hidden_size": 32,
-    "num_hidden_layers": 4,
-    "num_attention_heads": HEADS,
-    "intermediate_size": 64,
-    "max_position_embeddings": 64,
-}
-SEQ2SEQ_SIZES = {
-    "vocab_size": VOCAB,
-    "d_model": 32,
-    "encoder_layers": 2,
-    "decoder_layers": 2,
-    "encoder_attention_heads": HEADS,
-    "decoder_attention_heads": HEADS,
-    "encoder_ffn_dim": 64,
-    "decoder_ffn_dim": 64,
-    "pad_token_id": 1,
-    "bos_token_id": 0,
-    "eos_token_id": 2,
-    "decoder_start_token_id": 2,
-}
-
-
-def _bert():
-    return tf.BertModel(tf.BertConfig(**ENCODER, pad_token_id=0))
-
-
-def _roberta():
-    return tf.RobertaModel(tf.RobertaConfig(**ENCODER, pad_token_id=1, bos_token_id=0, eos_token_id=2))
-
-
-def _albert():
-    shared = {"embedding_size": 16, "num_hidden_groups": 1, "inner_group_num": 1}  # one layer module for all layers
-    return tf.AlbertModel(tf.AlbertConfig(**ENCODER, **shared, pad_token_id=0, bos_token_id=2, eos_token_id=3))
-
-
-def _gpt2():
-    return tf.GPT2LMHeadModel(
-        tf.GPT2Config(
-            vocab_size=VOCAB, n_embd=32, n_layer=4, n_head=HEADS, n_positions=64, bos_token_id=1, eos_token_id=2
-        )
-    )
-
-
-def _t5():
-    return tf.T5Model(
-        tf.T5Config(
-            vocab_size=VOCAB,
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_decoder_layers=2,
-            num_heads=HEADS,
-            relative_attention_num_buckets=8,
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-        )
-    )
-
-
-def _bart_like(model_cls, config_cls):
-    def build():
-        return model_cls(config_cls(**SEQ2SEQ_SIZES, max_position_embeddings=64, forced_eos_token_id=None))
-
-    return build
-
-
-def _s2t():
-    return tf.Speech2TextModel(
-        tf.Speech2TextConfig(
-            **SEQ2SEQ_SIZES,
-            max_source_positions=64,
-            max_target_positions=64,
-            input_feat_per_channel=FEATS,
-            input_channels=1,
-            num_conv_layers=2,
-            conv_channels=16,
-        )
-    )
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    build: Callable[[], tf.PreTrainedModel]
-    seq2seq: bool = False
-    speech: bool = False
-    pad_id: int = 0
-    left_pad: bool = False  # GPT-2: left padding with explicit position ids
-
-
-FAMILIES = {
-    f.name: f
-    for f in [
-        Family("bert", _bert),
-        Family("roberta", _roberta, pad_id=1),
-        Family("albert", _albert),
-        Family("gpt2", _gpt2, left_pad=True),
-        Family("t5", _t5, seq2seq=True),
-        Family("bart", _bart_like(tf.BartModel, tf.BartConfig), seq2seq=True, pad_id=1),
-        Family("plbart", _bart_like(tf.PLBartModel, tf.PLBartConfig), seq2seq=True, pad_id=1),
-        Family("mbart", _bart_like(tf.MBartModel, tf.MBartConfig), seq2seq=True, pad_id=1),
-        Family("speech_to_text", _s2t, seq2seq=True, speech=True, pad_id=1),
-    ]
-}
-NAMES = list(FAMILIES)
-SEQ2SEQ = [n for n, f in FAMILIES.items() if f.seq2seq]
+# The families of hf_families.py: the encoders and GPT-2 at 4 layers ("selected" patches layers 1 and 3),
+# the encoder-decoders at 2 + 2.
+NAMES = ["bert", "roberta", "albert", "gpt2", "t5", "bart", "plbart", "mbart", "speech_to_text"]
+DEEP = ("bert", "roberta", "albert", "gpt2")
+SEQ2SEQ = [n for n in NAMES if FAMILIES[n].kind in ("seq2seq", "speech2seq")]
+SPEECH = [n for n in NAMES if FAMILIES[n].kind == "speech2seq"]
 # cross-attention module names per encoder-decoder family
 CROSS_SUFFIX = {"t5": "EncDecAttention", "bart": "encoder_attn", "plbart": "encoder_attn"}
 CROSS_SUFFIX.update({"mbart": "encoder_attn", "speech_to_text": "encoder_attn"})
@@ -157,8 +40,7 @@ _MODELS: dict[str, tf.PreTrainedModel] = {}
 def stock(name: str) -> tf.PreTrainedModel:
     """The unpatched model of a family (built once per session, eval mode, never modified)."""
     if name not in _MODELS:
-        torch.manual_seed(0)
-        _MODELS[name] = FAMILIES[name].build().eval()
+        _MODELS[name] = build(name, layers=4 if name in DEEP else None)
     return _MODELS[name]
 
 
@@ -167,45 +49,8 @@ def fresh(name: str) -> tf.PreTrainedModel:
     return copy.deepcopy(stock(name))
 
 
-def inputs(name: str, padded: bool = True) -> dict:
-    """A batch of 2; with ``padded`` the second row has only VALID tokens (VALID_FRAMES frames)."""
-    fam = FAMILIES[name]
-    g = torch.Generator().manual_seed(1)
-    out = {}
-    if fam.speech:
-        out["input_features"] = torch.randn(B, FRAMES, FEATS, generator=g)
-        mask = torch.ones(B, FRAMES, dtype=torch.long)
-        if padded:
-            mask[1, VALID_FRAMES:] = 0
-            out["input_features"][1, VALID_FRAMES:] = 0.0
-        out["attention_mask"] = mask
-    else:
-        ids = torch.randint(3, VOCAB, (B, L), generator=g)
-        mask = torch.ones(B, L, dtype=torch.long)
-        if padded:
-            if fam.left_pad:
-                mask[1, : L - VALID] = 0
-            else:
-                mask[1, VALID:] = 0
-            ids[1][mask[1] == 0] = fam.pad_id
-        out["input_ids"], out["attention_mask"] = ids, mask
-        if fam.left_pad:
-            out["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-    if fam.seq2seq:
-        out["decoder_input_ids"] = torch.randint(3, VOCAB, (B, DEC_L), generator=g)
-    return out
-
-
 def outputs(model, batch: dict) -> list[torch.Tensor]:
-    out = model(**batch)
-    main = out.logits if hasattr(out, "logits") else out.last_hidden_state
-    enc = getattr(out, "encoder_last_hidden_state", None)
-    return [main] if enc is None else [main, enc]
-
-
-def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    assert len(a) == len(b)
-    return max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
+    return main_outputs(model(**batch))
 
 
 def patched(name: str, **kw) -> tf.PreTrainedModel:
@@ -389,10 +234,9 @@ def test_bert_attention_layer_matches_gfsa_filter_on_the_eager_matrix():
     assert not torch.allclose(seen["out"], (A @ v).transpose(1, 2).reshape(B, L, -1), atol=1e-3)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if not FAMILIES[n].speech])
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in SPEECH])
 def test_padding_is_honoured_by_the_filter(name):
     """With wK≠0 and w0≠0, the padded row's valid positions equal the unpadded short sequence alone."""
-    fam = FAMILIES[name]
     model = patched(name, w0=0.1)
     set_coefficients(model, wK=0.5)
     batch = inputs(name)
@@ -402,7 +246,7 @@ def test_padding_is_honoured_by_the_filter(name):
     }
     with torch.no_grad():
         full, short = outputs(model, batch), outputs(model, alone)
-    if fam.seq2seq:  # decoder output (all positions), encoder output at the valid positions
+    if name in SEQ2SEQ:  # decoder output (all positions), encoder output at the valid positions
         assert (full[0][1] - short[0][0]).abs().max() <= 1e-5
         assert (full[1][1, keep] - short[1][0]).abs().max() <= 1e-5
     else:
@@ -650,7 +494,7 @@ def test_cross_attention_stays_plain_by_default(name):
 @pytest.mark.parametrize("name", ["bert", "gpt2", "t5", "bart", "speech_to_text"])
 def test_float64_models(name):
     batch = inputs(name)
-    if FAMILIES[name].speech:
+    if name in SPEECH:
         batch["input_features"] = batch["input_features"].double()
     base = fresh(name).double()
     model = gfsa.patch(copy.deepcopy(base))

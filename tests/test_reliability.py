@@ -472,9 +472,11 @@ def test_a_moved_results_dir_names_its_new_place(tmp_path):
 
 
 def test_a_changed_data_dir_is_noticed(tmp_path):
-    from test_vision import CLASSES, write_tree
+    from test_vision import CLASSES
 
-    data = write_tree(tmp_path / "data", CLASSES, n_train=2, n_val=1)
+    from gfsa.zoo.demo.vision import write_imagefolder
+
+    data = write_imagefolder(tmp_path / "data", CLASSES, n_train=2, n_val=1)
     args = [
         *FAST,
         "task=imagenet",
@@ -498,7 +500,7 @@ def test_a_changed_data_dir_is_noticed(tmp_path):
     assert f"this run was trained on task.data_dir={data}" in out.stderr
     assert "task.data_dir is not part of a run's identity" in out.stderr
 
-    write_tree(data, ["n09999999"], n_train=1, n_val=1)  # the same folder, new contents
+    write_imagefolder(data, ["n09999999"], n_train=1, n_val=1)  # the same folder, new contents
     out = cli(*args, f"task.data_dir={data}", f"paths.results_dir={tmp_path / 'r'}")
     assert f"task.data_dir={data} has changed since this run trained on it" in out.stderr
 

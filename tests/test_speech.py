@@ -1,6 +1,6 @@
 """Speech zoo: Transformer (Speech2Text) and Branchformer ASR on LibriSpeech through the real run path.
 
-The data is a LibriSpeech-layout tree generated here: ``<split>/<speaker>/<chapter>/`` with FLAC
+The data is a LibriSpeech-layout tree (gfsa/zoo/demo/speech.py): ``<split>/<speaker>/<chapter>/`` with FLAC
 files written by soundfile (synthetic tones, one per word) and ``<speaker>-<chapter>.trans.txt``.
 """
 
@@ -10,7 +10,6 @@ import copy
 from pathlib import Path
 
 import jiwer
-import numpy as np
 import pytest
 import soundfile
 import torch
@@ -20,9 +19,8 @@ import gfsa
 from gfsa.ops.tables import load_table
 from gfsa.runner.train import run
 from gfsa.utils.errors import ConfigError
+from gfsa.zoo.demo.speech import write_librispeech
 
-WORDS = ["THE", "CAT", "SAT", "ON", "A", "MAT", "DOG", "RAN", "HOME", "SUN"]
-SPLITS = {"train-clean-100": 8, "dev-clean": 3, "test-clean": 3, "test-other": 3}
 TINY = [
     "backbone.d_model=32",
     "backbone.encoder_layers=2",
@@ -35,25 +33,6 @@ TINY = [
 ]
 TINY_BRANCHFORMER = [*TINY, "backbone.csgu_units=64", "backbone.csgu_kernel=7"]
 PRESET_ON_CPU = ["trainer.precision=32-true", "trainer.check_val_every_n_epoch=1", "optim.warmup_steps=1"]
-
-
-def write_librispeech(root: Path, splits=SPLITS, sample_rate: int = 16000, seed: int = 0) -> Path:
-    """Speakers/chapters per split, each utterance a FLAC of short tones (one per word) and a transcript line."""
-    rng = np.random.default_rng(seed)
-    for s, (split, count) in enumerate(splits.items()):
-        chapter = root / split / str(100 + s) / str(2000 + s)
-        chapter.mkdir(parents=True)
-        lines = []
-        for i in range(count):
-            uid = f"{100 + s}-{2000 + s}-{i:04d}"
-            words = list(rng.choice(WORDS, size=int(rng.integers(2, 4))))
-            t = np.arange(int(0.25 * sample_rate)) / sample_rate  # ~12 chars/s, as read speech
-            audio = np.concatenate([0.3 * np.sin(2 * np.pi * (200 + 60 * WORDS.index(w)) * t) for w in words])
-            audio += 0.01 * rng.normal(size=audio.shape)
-            soundfile.write(chapter / f"{uid}.flac", audio.astype(np.float32), sample_rate)
-            lines.append(f"{uid} {' '.join(words)}")
-        (chapter / f"{100 + s}-{2000 + s}.trans.txt").write_text("\n".join(lines) + "\n")
-    return root
 
 
 @pytest.fixture

@@ -12,13 +12,11 @@ import re
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 import timm
 import torch
 from conftest import FAST, PYTHON, REPO, compose
 from omegaconf import OmegaConf
-from PIL import Image
 from timm.data.auto_augment import RandAugment
 from timm.data.distributed_sampler import RepeatAugSampler
 from timm.data.mixup import Mixup
@@ -33,6 +31,7 @@ from gfsa.runner.registry import resolve
 from gfsa.runner.train import run
 from gfsa.utils.errors import ConfigError
 from gfsa.zoo.backbones import patch_target
+from gfsa.zoo.demo.vision import write_imagefolder
 from gfsa.zoo.tasks.imagenet import read_class_list
 
 CLASSES = ["n01558993", "n01692333", "n01729322"]  # three ImageNet-100 wnids
@@ -48,29 +47,15 @@ PRESET = {"deit": "deit_s", "deit_s24": "deit_s24", "deit_t": "contranorm_deit_t
 PRESET["swin_s"] = "swin_s"
 
 
-def write_tree(root: Path, classes: list[str], n_train: int = 4, n_val: int = 2, seed: int = 0) -> Path:
-    """ImageNet's layout with small random JPEGs of varied sizes (the transforms resize them)."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("val", n_val)):
-        for c in classes:
-            d = root / split / c
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                h, w = rng.integers(36, 56, size=2)
-                name = f"{c}_{i}.JPEG" if split == "train" else f"ILSVRC2012_val_{c[1:]}{i:02d}.JPEG"
-                Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(d / name, quality=80)
-    return root
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return write_tree(tmp_path_factory.mktemp("imagenet"), CLASSES)
+    return write_imagefolder(tmp_path_factory.mktemp("imagenet"), CLASSES)
 
 
 @pytest.fixture(scope="module")
 def data100(tmp_path_factory) -> Path:
     """All 100 ImageNet-100 classes (one image each) plus one class outside the list."""
-    return write_tree(tmp_path_factory.mktemp("imagenet_full"), [*IMAGENET100, "n15075141"], n_train=1, n_val=1)
+    return write_imagefolder(tmp_path_factory.mktemp("imagenet_full"), [*IMAGENET100, "n15075141"], n_train=1, n_val=1)
 
 
 def overrides(backbone: str, data_dir: Path, *extra: str) -> list[str]:
@@ -320,13 +305,13 @@ def test_data_dir_without_train_or_val(tmp_path, results_dir):
 
 
 def test_classes_differ_between_train_and_val(tmp_path, results_dir):
-    write_tree(tmp_path, CLASSES, n_train=1, n_val=1)
+    write_imagefolder(tmp_path, CLASSES, n_train=1, n_val=1)
     (tmp_path / "val" / CLASSES[2]).rename(tmp_path / "val" / "n09999999")
     _fails(overrides("deit", tmp_path), results_dir, r"train/ and val/ have different classes")
 
 
 def test_unreadable_first_image_fails_at_load(tmp_path, results_dir):
-    write_tree(tmp_path, CLASSES, n_train=2, n_val=1)
+    write_imagefolder(tmp_path, CLASSES, n_train=2, n_val=1)
     bad = min((tmp_path / "train" / CLASSES[1]).iterdir())
     bad.write_bytes(b"\xff\xd8 not a jpeg")
     _fails(overrides("deit", tmp_path), results_dir, rf"unreadable image {re.escape(str(bad))} .*replace or delete it")
@@ -334,7 +319,7 @@ def test_unreadable_first_image_fails_at_load(tmp_path, results_dir):
 
 def test_unreadable_image_fails_when_read_by_a_worker(tmp_path, results_dir):
     """A broken file that the cheap check does not open is named when a DataLoader worker reads it."""
-    write_tree(tmp_path, CLASSES, n_train=2, n_val=2)
+    write_imagefolder(tmp_path, CLASSES, n_train=2, n_val=2)
     bad = sorted((tmp_path / "val" / CLASSES[0]).iterdir())[1]
     bad.write_bytes(b"")
     _fails(overrides("deit", tmp_path, "task.num_workers=1"), results_dir, rf"^unreadable image {re.escape(str(bad))} ")

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from gfsa.utils.errors import ConfigError
-from gfsa.zoo.hub import pretrained_error
+from gfsa.zoo.hub import is_local, pretrained_error, use_hub
 
 INITS = ("pretrained", "random")
 HEADS = ("sequence", "pair", "causal_lm")
@@ -146,6 +146,8 @@ def build(cfg, task) -> nn.Module:
             f"task {task.cfg.name} is not a text task: backbone {cfg.name} needs one of {', '.join(HEADS)}"
         )
     kwargs = {"num_labels": task.num_classes} if head == "sequence" else {}
+    if not is_local(source):
+        use_hub()
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as e:

@@ -10,6 +10,7 @@ from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
 from gfsa.utils.errors import ConfigError, first_line
+from gfsa.zoo.hub import use_hub
 
 
 class ImageClassifier(nn.Module):
@@ -118,6 +119,8 @@ def build(cfg, task) -> nn.Module:
     if cfg.get("depth"):  # DeiT backbones only (conf/backbone/deit.yaml: null keeps the model's)
         kwargs["depth"] = int(cfg.depth)
     pretrained = _pretrained(cfg, kwargs)
+    if pretrained and "file" not in kwargs.get("pretrained_cfg_overlay", {}):
+        use_hub()  # timm's weights come from the Hugging Face hub
     try:
         net = timm.create_model(cfg.model, pretrained=pretrained, **kwargs)
     except TypeError as e:  # an architecture option the model does not have

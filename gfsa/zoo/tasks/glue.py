@@ -169,7 +169,10 @@ class GlueTask(TextTask):
     def _read_hub(self, split: str) -> tuple[list, list[str] | None, list]:
         import datasets
 
+        from gfsa.zoo.hub import use_hub
+
         path = str(self.cfg["hub_path"])
+        use_hub()
         try:
             ds = datasets.load_dataset(path, self.glue_task, split=split)
         except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: script-only datasets (datasets >= 4)

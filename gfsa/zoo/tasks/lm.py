@@ -91,7 +91,10 @@ class CausalLMTask(TextTask):
                 return [line if line.strip() else "" for line in f]
         import datasets
 
+        from gfsa.zoo.hub import use_hub
+
         hub = self.cfg.hub
+        use_hub()
         try:
             ds = datasets.load_dataset(str(hub.path), hub["name"], split=str(hub.splits[split]))
         except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: script-only datasets (datasets >= 4)

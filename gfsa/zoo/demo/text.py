@@ -1,4 +1,5 @@
-"""Tiny Hugging Face checkpoints and datasets in the real on-disk formats, for the NLP and code tests.
+"""Tiny Hugging Face checkpoints and text/code data sets in their real on-disk formats (GLUE TSVs, PTB and
+WikiText files, CodeXGLUE's Devign and BigCloneBench).
 
 A checkpoint directory is what ``save_pretrained`` writes for a hub model: a tokenizer of the real
 class (trained in a second on fixture text with the ``tokenizers`` or ``sentencepiece`` library,
@@ -55,7 +56,10 @@ def _bpe(texts, special: list[str]) -> tuple[dict, list]:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=400,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer)
     model = json.loads(bpe.to_str())["model"]
@@ -68,7 +72,10 @@ def bert_tokenizer(texts):
     wp.normalizer = normalizers.BertNormalizer(lowercase=True)
     wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     wp.train_from_iterator(
-        texts, trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+        texts,
+        trainers.WordPieceTrainer(
+            vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False
+        ),
     )
     return tf.BertTokenizer(vocab=wp.get_vocab())
 
@@ -78,7 +85,9 @@ def albert_tokenizer(texts):
     ug = Tokenizer(models.Unigram())
     ug.pre_tokenizer = pre_tokenizers.Metaspace()
     special = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
-    ug.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=200, special_tokens=special, unk_token="<unk>"))
+    ug.train_from_iterator(
+        texts, trainers.UnigramTrainer(vocab_size=200, special_tokens=special, unk_token="<unk>", show_progress=False)
+    )
     return tf.AlbertTokenizer(vocab=[tuple(v) for v in json.loads(ug.to_str())["model"]["vocab"]])
 
 
@@ -199,6 +208,26 @@ def build_checkpoint(kind: str, directory: Path, texts: list[str]) -> Path:
 
 # --------------------------------------------------------------------------------------------------
 # datasets in the official layouts
+
+LM_SPLITS = (("train", 1), ("valid", 2), ("test", 3))  # (split, seed)
+
+
+def write_ptb(root: Path, n: int = 60) -> Path:
+    """Mikolov's PTB files ``ptb.{train,valid,test}.txt``: one sentence per line."""
+    root.mkdir(parents=True, exist_ok=True)
+    for split, seed in LM_SPLITS:
+        (root / f"ptb.{split}.txt").write_text("".join(f" {s} \n" for s in sentences(n, seed)), encoding="utf-8")
+    return root
+
+
+def write_wikitext(root: Path, ext: str = "raw", n: int = 40) -> Path:
+    """An unzipped WikiText folder: ``wiki.{train,valid,test}.{ext}`` (raw, or tokens for WikiText-103),
+    articles under `` = Title = `` headings with blank lines between paragraphs."""
+    root.mkdir(parents=True, exist_ok=True)
+    for split, seed in LM_SPLITS:
+        body = "".join(f" = Article {i} = \n \n {s} . \n \n" for i, s in enumerate(sentences(n, seed + 3)))
+        (root / f"wiki.{split}.{ext}").write_text(body, encoding="utf-8")
+    return root
 
 
 def write_tsv(path: Path, rows: list[list], header: list[str] | None = None) -> None:
