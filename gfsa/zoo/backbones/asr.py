@@ -5,11 +5,13 @@
 sub-model, a PreTrainedModel, so :func:`gfsa.patch` patches the encoder layers through the HF adapter
 and the decoder keeps plain attention.
 
-``branchformer``: Branchformer (Peng et al. 2022) written here: per layer a relative-position
-self-attention branch (Transformer-XL style, its position term is the additive mask that
+``branchformer``: Branchformer (Peng et al. 2022) written here after SpeechBrain's, which the official
+GFSA code extends: per layer a relative-position self-attention branch (SpeechBrain's ``RelPosMHAXL``
+with its symmetric position table; the position term is the additive mask that
 :func:`gfsa.nn.attention.apply_gfsa` filters with) and a convolutional gating MLP branch (cgMLP), merged by
 concatenation and a linear layer. Front-end: Speech2Text's conv subsampler; decoder: Speech2Text's
-decoder. ``.net`` is the in-repo encoder (``gfsa_attention_modules``).
+decoder (both differ from SpeechBrain's: docs/graph_speech.md). ``.net`` is the in-repo encoder
+(``gfsa_attention_modules``).
 
 Both share the CTC head, the loss (CTC weight, label smoothing) and the decoding: beam search over
 the attention decoder, the finished hypotheses rescored with CTC (``ctc_weight``), length-normalised.
@@ -155,16 +157,18 @@ class TransformerASR(JointCTCAttentionASR):
 
 
 class RelPositionAttention(nn.Module):
-    """Transformer-XL relative-position self-attention (ESPnet/SpeechBrain ``RelPosMHAXL``) as SDPA:
-    ``softmax(((q+u)·kᵀ + (q+v)·pᵀ)/√d)`` = SDPA(q+u, k, v) with the position term as additive mask."""
+    """SpeechBrain's ``RelPosMHAXL`` (the attention of the official GFSA Branchformer) as SDPA:
+    ``softmax(((q+u)·kᵀ + (q+v)·pᵀ)/√d_model)`` = SDPA(q+u, k, v, scale=1/√d_model) with the position term
+    as additive mask. As SpeechBrain: the scale is 1/√d_model (not 1/√head_dim), q/k/v have no bias (its
+    packed ``in_proj_weight``), attention dropout acts on the probabilities (after the GFSA filter)."""
 
     def __init__(self, d_model: int, num_heads: int, dropout: float):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, d_model // num_heads
-        self.scale = self.head_dim**-0.5
-        self.linear_q = nn.Linear(d_model, d_model)
-        self.linear_k = nn.Linear(d_model, d_model)
-        self.linear_v = nn.Linear(d_model, d_model)
+        self.scale = d_model**-0.5  # SpeechBrain: self.scale = 1 / math.sqrt(self.embed_dim)
+        self.linear_q = nn.Linear(d_model, d_model, bias=False)
+        self.linear_k = nn.Linear(d_model, d_model, bias=False)
+        self.linear_v = nn.Linear(d_model, d_model, bias=False)
         self.linear_pos = nn.Linear(d_model, d_model, bias=False)
         self.linear_out = nn.Linear(d_model, d_model)
         self.pos_bias_u = nn.Parameter(torch.zeros(num_heads, self.head_dim))
@@ -174,6 +178,7 @@ class RelPositionAttention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, T, d), ``pos`` the (2T−1, d) table of :func:`relative_positions`, ``valid`` (B, T) real frames."""
         B, T, _ = x.shape
 
         def heads(t: torch.Tensor) -> torch.Tensor:
@@ -182,6 +187,7 @@ class RelPositionAttention(nn.Module):
         q, k, v = heads(self.linear_q(x)), heads(self.linear_k(x)), heads(self.linear_v(x))
         p = self.linear_pos(pos).view(-1, self.num_heads, self.head_dim).transpose(0, 1)  # (H, 2T−1, d)
         bd = (q + self.pos_bias_v[:, None]) @ p.transpose(-1, -2)  # (B, H, T, 2T−1)
+        # row (T−1) − i + j of the table is distance i − j: SpeechBrain's rel_shift, as a gather
         rel = (T - 1) - torch.arange(T, device=x.device)[:, None] + torch.arange(T, device=x.device)[None, :]
         bias = bd.gather(-1, rel.expand(B, self.num_heads, T, T)) * self.scale
         bias = bias.masked_fill(~valid[:, None, None, :], float("-inf"))
@@ -197,37 +203,52 @@ class RelPositionAttention(nn.Module):
         return self.linear_out(out.transpose(1, 2).reshape(B, T, -1))
 
 
-def relative_positions(T: int, d_model: int, device, dtype) -> torch.Tensor:
-    """Sinusoidal embeddings of the relative distances T−1, …, 0, …, −(T−1): (2T−1, d_model)."""
-    r = torch.arange(T - 1, -T, -1, device=device, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, d_model, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d_model))
-    pe = torch.zeros(2 * T - 1, d_model, device=device)
-    pe[:, 0::2], pe[:, 1::2] = torch.sin(r * freq), torch.cos(r * freq)
+POS_ENCODINGS = ("symmetric", "signed")
+
+
+def relative_positions(T: int, d_model: int, device, dtype, encoding: str = "symmetric") -> torch.Tensor:
+    """Sinusoidal embeddings of the relative distances r = T−1, …, 0, …, −(T−1) (query − key): (2T−1, d_model),
+    ``[sin(s·ω₀), cos(r·ω₀), sin(s·ω₁), …]`` with ω_m = 10000^(−2m/d).
+
+    ``symmetric``: s = |r|, SpeechBrain's ``RelPosEncXL`` as every SpeechBrain release and the GFSA code
+    compute it (``pe_future[:, 0::2] = sinusoids``: past and future distances get the same embedding);
+    ``signed``: s = r, Transformer-XL's. Float32 as SpeechBrain, float64 for float64 inputs."""
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    r = torch.arange(T - 1, -T, -1, device=device, dtype=work)[:, None]
+    freq = torch.exp(torch.arange(0, d_model, 2, device=device, dtype=work) * (-math.log(10000.0) / d_model))
+    pe = torch.zeros(2 * T - 1, d_model, device=device, dtype=work)
+    pe[:, 0::2] = torch.sin((r.abs() if encoding == "symmetric" else r) * freq)
+    pe[:, 1::2] = torch.cos(r * freq)
     return pe.to(dtype)
 
 
 class ConvolutionalGatingMLP(nn.Module):
-    """cgMLP: Linear+GELU up to ``units``, half gated by a depthwise convolution over time (CSGU), down."""
+    """cgMLP (SpeechBrain's ``ConvolutionBranch``): Linear+GELU up to ``units``, half gated by a depthwise
+    convolution over time (CSGU: LayerNorm, conv, dropout), down. As SpeechBrain (and ESPnet) the padding
+    frames are not masked, and the convolution pads by reflection (SpeechBrain's ``Conv1d`` default;
+    zeros when the sequence is shorter than the kernel's half-width, where reflection is undefined)."""
 
     def __init__(self, d_model: int, units: int, kernel: int, dropout: float):
         super().__init__()
         self.channel_proj1 = nn.Sequential(nn.Linear(d_model, units), nn.GELU())
         self.norm = nn.LayerNorm(units // 2)
-        self.conv = nn.Conv1d(units // 2, units // 2, kernel, padding=(kernel - 1) // 2, groups=units // 2)
+        self.conv = nn.Conv1d(units // 2, units // 2, kernel, groups=units // 2)
+        self.pad = (kernel - 1) // 2
         nn.init.normal_(self.conv.weight, std=1e-6)  # the gate starts as identity (ESPnet's init)
         nn.init.ones_(self.conv.bias)
         self.dropout = nn.Dropout(dropout)
         self.channel_proj2 = nn.Linear(units // 2, d_model)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual, gate = self.channel_proj1(x).chunk(2, dim=-1)
-        gate = self.norm(gate).masked_fill(~valid[..., None], 0.0)  # padding does not leak into the convolution
-        gate = self.conv(gate.transpose(1, 2)).transpose(1, 2)
+        gate = self.norm(gate).transpose(1, 2)
+        mode = "reflect" if gate.shape[-1] > self.pad else "constant"
+        gate = self.conv(F.pad(gate, (self.pad, self.pad), mode=mode)).transpose(1, 2)
         return self.channel_proj2(self.dropout(residual * gate))
 
 
 class BranchformerLayer(nn.Module):
-    """x + merge([attention(LN x), cgMLP(LN x)]), then LayerNorm (concatenation merge)."""
+    """x + merge([attention(LN x), cgMLP(LN x)]) (concatenation merge; SpeechBrain's layer has no output norm)."""
 
     def __init__(self, d_model: int, num_heads: int, units: int, kernel: int, dropout: float, attention_dropout: float):
         super().__init__()
@@ -236,22 +257,23 @@ class BranchformerLayer(nn.Module):
         self.norm_mlp = nn.LayerNorm(d_model)
         self.cgmlp = ConvolutionalGatingMLP(d_model, units, kernel, dropout)
         self.merge_proj = nn.Linear(2 * d_model, d_model)
-        self.norm_final = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         a = self.dropout(self.attn(self.norm_mha(x), pos, valid))
-        m = self.dropout(self.cgmlp(self.norm_mlp(x), valid))
-        return self.norm_final(x + self.dropout(self.merge_proj(torch.cat([a, m], dim=-1))))
+        m = self.dropout(self.cgmlp(self.norm_mlp(x)))
+        return x + self.dropout(self.merge_proj(torch.cat([a, m], dim=-1)))
 
 
 class BranchformerEncoder(nn.Module):
-    """Conv subsampling (×4), ``num_layers`` Branchformer layers, final LayerNorm."""
+    """Conv subsampling (×4) and dropout, ``num_layers`` Branchformer layers, final LayerNorm (eps 1e-6).
+    As SpeechBrain's encoder: the front-end output is not scaled by √d and the position table has no dropout."""
 
-    def __init__(self, config: Speech2TextConfig, num_layers: int, units: int, kernel: int):
+    def __init__(self, config: Speech2TextConfig, num_layers: int, units: int, kernel: int, pos_encoding: str):
         super().__init__()
         d = config.d_model
         self.d_model = d
+        self.pos_encoding = pos_encoding
         self.num_conv_layers = config.num_conv_layers
         self.subsample = Conv1dSubsampler(config)
         self.dropout = nn.Dropout(config.dropout)
@@ -261,19 +283,18 @@ class BranchformerEncoder(nn.Module):
             )
             for _ in range(num_layers)
         )
-        self.after_norm = nn.LayerNorm(d)
+        self.after_norm = nn.LayerNorm(d, eps=1e-6)
 
     def gfsa_attention_modules(self) -> list[nn.Module]:
         return [layer.attn for layer in self.layers]
 
     def forward(self, features: torch.Tensor, feature_mask: torch.Tensor):
-        x = self.subsample(features) * math.sqrt(self.d_model)
+        x = self.dropout(self.subsample(features))
         lengths = feature_mask.sum(-1)
         for _ in range(self.num_conv_layers):  # stride 2, padding k//2 per conv layer (odd kernels)
             lengths = (lengths - 1) // 2 + 1
         valid = _valid_mask(lengths, x.shape[1])
-        pos = self.dropout(relative_positions(x.shape[1], self.d_model, x.device, x.dtype))
-        x = self.dropout(x)
+        pos = relative_positions(x.shape[1], self.d_model, x.device, x.dtype, self.pos_encoding)
         for layer in self.layers:
             x = layer(x, pos, valid)
         return self.after_norm(x), valid
@@ -290,9 +311,10 @@ class BranchformerASR(JointCTCAttentionASR):
         kernel: int,
         ctc_weight: float,
         label_smoothing: float,
+        pos_encoding: str = "symmetric",
     ):
         super().__init__(config.d_model, config.vocab_size, ctc_weight, label_smoothing)
-        self.net = BranchformerEncoder(config, num_layers, units, kernel)
+        self.net = BranchformerEncoder(config, num_layers, units, kernel, pos_encoding)
         self.decoder = Speech2TextDecoder(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.lm_head.weight = self.decoder.embed_tokens.weight
@@ -347,6 +369,8 @@ def build_transformer(cfg, task) -> TransformerASR:
 def build_branchformer(cfg, task) -> BranchformerASR:
     if any(int(k) % 2 == 0 for k in cfg.conv_kernel_sizes):
         raise ConfigError(f"backbone.conv_kernel_sizes={list(cfg.conv_kernel_sizes)}: use odd kernel sizes")
+    if cfg["pos_encoding"] not in POS_ENCODINGS:
+        raise ConfigError(f"backbone.pos_encoding={cfg['pos_encoding']}: choose {' or '.join(POS_ENCODINGS)}")
     config = _config(cfg, task, 0)
     return BranchformerASR(
         config,
@@ -355,4 +379,5 @@ def build_branchformer(cfg, task) -> BranchformerASR:
         int(cfg.csgu_kernel),
         float(cfg.ctc_weight),
         float(cfg.label_smoothing),
+        str(cfg["pos_encoding"]),
     )
