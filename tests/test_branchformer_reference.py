@@ -65,7 +65,9 @@ def test_relpos_attention_equals_speechbrain_formulas_in_float64(T, K):
     assert (ours - ref).abs().max().item() <= 1e-12
     # the scale is SpeechBrain's 1/√d_model: 1/√head_dim (what the suite had) is far off
     with torch.no_grad():
-        other = relpos_mha_reference(x, _weights(attn), H, ~valid, scale=(E // H) ** -0.5, gfsa_beta=beta, gfsa_K=K or 3)
+        other = relpos_mha_reference(
+            x, _weights(attn), H, ~valid, scale=(E // H) ** -0.5, gfsa_beta=beta, gfsa_K=K or 3
+        )
     assert (other - ref).abs().max().item() > 1e-3
 
 

@@ -172,6 +172,7 @@ def _optim(o: dict) -> dict:
     o["lr"] = _float("optim.lr", o["lr"], low=0, strict_low=True)
     if o["weight_decay"] is not None:
         o["weight_decay"] = _number("optim.weight_decay", o["weight_decay"], low=0)
+    o["no_decay"] = _no_decay(o["no_decay"])
     if o["eps"] is not None:
         o["eps"] = _number("optim.eps", o["eps"], low=0, strict_low=True)
     if o.get("momentum") is not None:  # optional: SGD's (gfsa.zoo.recipes.common.SGD_MOMENTUM otherwise)
@@ -200,6 +201,18 @@ def _optim(o: dict) -> dict:
             )
         _choice("optim.schedule_interval", o["schedule_interval"], ("epoch", "step"))
     return o
+
+
+def _no_decay(v: Any) -> list[str]:
+    """``optim.no_decay``: a set of rules and name substrings, in one order (it names the run)."""
+    if v is None:
+        return []
+    if isinstance(v, str) or not isinstance(v, (list, tuple)) or not all(isinstance(e, str) and e.strip() for e in v):
+        raise ConfigError(
+            f"optim.no_decay={v!r}: expected a list, e.g. [1d, model] (timm's rule), [bias, LayerNorm.weight] "
+            "(name substrings) or [] (decay every parameter)"
+        )
+    return sorted({e.strip() for e in v})
 
 
 def _run(r: dict) -> dict:

@@ -45,7 +45,9 @@ DEFAULT_IGNORE = (
 # Keys added to the config after runs were recorded without them, each with the value that computes what
 # those runs computed: at that value a key stays out of the run's identity, so older run directories keep
 # matching their configs (tests/data/run_dirs.json pins the run directories of every preset).
-ADDED_KEYS: dict[str, Any] = {}
+ADDED_KEYS: dict[str, Any] = {
+    "optim.no_decay": ["1d", "model"],  # every run exempted 1-D parameters and timm's no_weight_decay()
+}
 # Config groups that make a run a variant of its baseline.
 VARIANT_GROUPS = ("gfsa", "method")
 BASELINE_GFSA = {"layers": "none"}
@@ -99,6 +101,8 @@ def canonical(cfg: dict) -> dict:
     for key, neutral in ADDED_KEYS.items():
         if _get(c, key, _MISSING) == neutral:
             _drop(c, key)
+    if _get(c, "optim.weight_decay") == 0:  # without weight decay, which parameters are exempt is irrelevant
+        _drop(c, "optim.no_decay")
     if is_baseline(c):  # GFSA settings of an unpatched model are irrelevant
         c["gfsa"] = dict(BASELINE_GFSA)
         c.pop("method", None)
