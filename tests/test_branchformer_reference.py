@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from speechbrain_reference import rel_table, relpos_mha_reference
 
 import gfsa
 from gfsa.zoo.backbones.asr import BranchformerLayer, RelPositionAttention, relative_positions
-from speechbrain_reference import rel_table, relpos_mha_reference
 
 E, H = 64, 8
 
