@@ -38,6 +38,7 @@ BACKBONES: dict[str, str] = {
 
 RECIPES: dict[str, str] = {
     "classification": "gfsa.zoo.recipes.classification:ClassificationRecipe",
+    "graph": "gfsa.zoo.recipes.graph:GraphRecipe",
     "lm": "gfsa.zoo.recipes.lm:CausalLMRecipe",
     "asr": "gfsa.zoo.recipes.asr:ASRRecipe",
 }
