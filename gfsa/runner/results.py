@@ -48,6 +48,7 @@ DEFAULT_IGNORE = (
 ADDED_KEYS: dict[str, Any] = {
     "optim.no_decay": ["1d", "model"],  # every run exempted 1-D parameters and timm's no_weight_decay()
     "backbone.edge_type": "multi_hop",  # Graphormer's edge encoding
+    "task.eval_interpolation": None,  # ImageNet: the eval resize used task.interpolation
     "task.flag": {"enabled": False, "m": 3, "step_size": 1.0e-3, "mag": 1.0e-3},  # graph tasks: no FLAG
 }
 # Config groups that make a run a variant of its baseline.
