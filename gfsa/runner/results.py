@@ -50,6 +50,18 @@ ADDED_KEYS: dict[str, Any] = {
     "backbone.edge_type": "multi_hop",  # Graphormer's edge encoding
     "task.eval_interpolation": None,  # ImageNet: the eval resize used task.interpolation
     "task.flag": {"enabled": False, "m": 3, "step_size": 1.0e-3, "mag": 1.0e-3},  # graph tasks: no FLAG
+    # LibriSpeech: Kaldi's 25 ms / 512-point fbank, no speed perturbation, no time warping, fixed-size batches, WER at
+    # every validation, no checkpoint averaging, no final evaluation, no language model
+    "task.window_ms": 25,
+    "task.n_fft": 512,
+    "task.speed_perturb": [],
+    "task.specaugment.time_warp": 0,
+    "task.dynamic_batching": {"max_seconds": None, "max_items": 128, "buckets": 200},
+    "task.decode_every": 1,
+    "task.average_checkpoints": 0,
+    "task.average_by": "acc",
+    "task.test_decoding": None,
+    "task.lm_checkpoint": None,
 }
 # Config groups that make a run a variant of its baseline.
 VARIANT_GROUPS = ("gfsa", "method")

@@ -14,12 +14,20 @@ decoder (both differ from SpeechBrain's: docs/graph_speech.md). ``.net`` is the 
 (``gfsa_attention_modules``).
 
 Both share the CTC head, the loss (CTC weight, label smoothing) and the decoding: beam search over
-the attention decoder, the finished hypotheses rescored with CTC (``ctc_weight``), length-normalised.
+the attention decoder, optionally fused with a language model (shallow fusion, SpeechBrain's ``lm_weight`` and
+temperatures), the finished hypotheses rescored with CTC (``ctc_weight``), length-normalised.
+
+``transformer_lm``: the language model for that fusion, SpeechBrain's LibriSpeech TransformerLM size (12 layers,
+d 768, 12 heads, FFN 3072, GELU, post-LN) as transformers' OpenAI-GPT causal LM (learned positions where
+SpeechBrain's are sinusoidal), trained by the suite on ``task=librispeech_lm``.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +67,10 @@ class JointCTCAttentionASR(nn.Module):
         logits = self.decoder_logits(dec_in, hidden, mask).float()
         att = F.cross_entropy(logits.transpose(1, 2), target, label_smoothing=self.label_smoothing)
         loss = self.ctc_weight * ctc + (1 - self.ctc_weight) * att
-        return {"loss": loss, "ctc_loss": ctc.detach(), "att_loss": att.detach()}
+        real = target != -100  # teacher-forced token accuracy, </s> included (SpeechBrain's ACC)
+        tokens = real.sum()
+        acc = ((logits.argmax(-1) == target) & real).sum() / tokens.clamp(min=1)
+        return {"loss": loss, "ctc_loss": ctc.detach(), "att_loss": att.detach(), "acc": acc.detach(), "tokens": tokens}
 
     @torch.no_grad()
     def decode(
@@ -69,64 +80,103 @@ class JointCTCAttentionASR(nn.Module):
         beam_size: int = 1,
         ctc_weight: float = 0.0,
         max_len_ratio: float = 1.0,
-    ) -> list[list[int]]:
-        """Token ids per utterance: beam search (``beam_size=1``: greedy) over the attention decoder,
-        at most ``max_len_ratio`` × encoder frames long; the finished hypotheses are scored
-        ``((1−ctc_weight)·log p_att + ctc_weight·log p_ctc) / (length + 1)`` (attention alone when CTC
-        can emit none of them)."""
+        lm: nn.Module | None = None,
+        lm_weight: float = 0.0,
+        temperature: float = 1.0,
+        lm_temperature: float = 1.0,
+        ranked: bool = False,
+    ) -> list:
+        """Token ids per utterance: beam search (``beam_size=1``: greedy) over the attention decoder, at most
+        ``max_len_ratio`` × encoder frames long. The beam ranks ``(1−ctc_weight)·log p_att + lm_weight·log p_lm``
+        (shallow fusion with ``lm``, a causal LM over the same tokens; log-softmax of logits / temperature, as
+        SpeechBrain); the finished hypotheses are scored ``((1−ctc_weight)·log p_att + ctc_weight·log p_ctc +
+        lm_weight·log p_lm) / (length + 1)`` (without CTC when it can emit none of them). ``ranked``: every
+        finished hypothesis with its score, best first, instead of the best one's tokens."""
         hidden, mask = self.encode(features, feature_mask)
-        hyps = self._beam_search(hidden, mask, beam_size, max_len_ratio)
+        # the beam's ranking, divided by (1 − ctc_weight): plain attention scores when no LM is fused
+        fusion = (lm_weight / (1 - ctc_weight) if ctc_weight < 1 else lm_weight) if lm is not None else 0.0
+        hyps = self._beam_search(hidden, mask, beam_size, max_len_ratio, lm, fusion, temperature, lm_temperature)
         ctc_logp = self.ctc_head(hidden).float().log_softmax(-1) if ctc_weight > 0 else None
         out = []
         for b, cands in enumerate(hyps):
-            att = torch.tensor([s for _, s in cands], device=hidden.device)
-            score = att
+            att = torch.tensor([a for _, a, _ in cands], device=hidden.device)
+            lm_score = torch.tensor([s for _, _, s in cands], device=hidden.device)
+            score = att + fusion * lm_score if fusion else att
             if ctc_logp is not None:
-                lengths = torch.tensor([len(t) for t, _ in cands], device=hidden.device)
+                lengths = torch.tensor([len(t) for t, _, _ in cands], device=hidden.device)
                 targets = torch.zeros(len(cands), max(1, int(lengths.max())), dtype=torch.long, device=hidden.device)
-                for i, (t, _) in enumerate(cands):
+                for i, (t, _, _) in enumerate(cands):
                     targets[i, : len(t)] = torch.tensor(t, dtype=torch.long)
                 lp = ctc_logp[b : b + 1, : int(mask[b].sum())].expand(len(cands), -1, -1).transpose(0, 1)
                 frames = torch.full_like(lengths, lp.shape[0])
                 ctc = -F.ctc_loss(lp, targets, frames, lengths, blank=PAD, reduction="none")
                 if torch.isfinite(ctc).any():  # CTC cannot emit more tokens than frames: those get −inf
                     score = (1 - ctc_weight) * att + ctc_weight * ctc
-            score = score / torch.tensor([len(t) + 1 for t, _ in cands], device=hidden.device)
-            out.append(cands[int(score.argmax())][0])
+                    if fusion:
+                        score = score + lm_weight * lm_score
+            score = score / torch.tensor([len(t) + 1 for t, _, _ in cands], device=hidden.device)
+            if ranked:
+                order = score.argsort(descending=True).tolist()
+                out.append([(cands[i][0], float(score[i])) for i in order])
+            else:
+                out.append(cands[int(score.argmax())][0])
         return out
 
     @torch.no_grad()
-    def _beam_search(self, hidden: torch.Tensor, mask: torch.Tensor, K: int, ratio: float) -> list[list]:
-        """Finished hypotheses per utterance as (tokens without <s>/</s>, summed log-probability)."""
+    def _beam_search(
+        self,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        K: int,
+        ratio: float,
+        lm: nn.Module | None = None,
+        fusion: float = 0.0,
+        temperature: float = 1.0,
+        lm_temperature: float = 1.0,
+    ) -> list[list]:
+        """Finished hypotheses per utterance as (tokens without <s>/</s>, summed attention log-probability,
+        summed LM log-probability), ranked by attention + ``fusion`` × LM."""
         B = hidden.shape[0]
         max_len = (mask.sum(-1).float() * ratio).ceil().long().clamp(min=1)
         mem, mem_mask = hidden.repeat_interleave(K, 0), mask.repeat_interleave(K, 0)
         seqs = torch.full((B * K, 1), BOS, dtype=torch.long, device=hidden.device)
-        scores = torch.full((B, K), float("-inf"), device=hidden.device)
-        scores[:, 0] = 0.0  # one live hypothesis to start from
+        att_sum = torch.full((B, K), float("-inf"), device=hidden.device)
+        att_sum[:, 0] = 0.0  # one live hypothesis to start from
+        lm_sum = torch.zeros(B, K, device=hidden.device)
+        lm_positions = getattr(getattr(lm, "config", None), "n_positions", None) if lm is not None else None
         finished: list[list] = [[] for _ in range(B)]
         done = torch.zeros(B, dtype=torch.bool, device=hidden.device)
         for t in range(int(max_len.max()) + 1):  # t tokens so far; at max_len only </s> may follow
-            logp = self.decoder_logits(seqs, mem, mem_mask)[:, -1].float().log_softmax(-1)
+            logits = self.decoder_logits(seqs, mem, mem_mask)[:, -1].float()
+            logp = (logits / temperature if temperature != 1 else logits).log_softmax(-1)
             V = logp.shape[-1]
             logp[:, [PAD, BOS]] = float("-inf")
             last = (t >= max_len).repeat_interleave(K)
             logp[last] = torch.where(torch.arange(V, device=logp.device) == EOS, logp[last], float("-inf"))
-            cand = (scores.view(-1, 1) + logp).view(B, K * V)
+            cand_att = (att_sum.view(-1, 1) + logp).view(B, K * V)
+            cand = cand_att
+            if fusion:
+                context = seqs[:, -lm_positions:] if lm_positions else seqs
+                lm_logp = (lm(context)[:, -1].float() / lm_temperature).log_softmax(-1)
+                cand_lm = (lm_sum.view(-1, 1) + lm_logp).view(B, K * V)
+                cand = cand_att + fusion * cand_lm
             top, idx = cand.topk(min(2 * K, K * V), dim=-1)
+            top_att = cand_att.gather(1, idx)
+            top_lm = cand_lm.gather(1, idx) if fusion else torch.zeros_like(top)
             src, tok = idx // V, idx % V
             is_eos = (tok == EOS) & torch.isfinite(top)
             ended = is_eos & (torch.arange(top.shape[1], device=top.device) < K) & ~done[:, None]
             for b, r in ended.nonzero().tolist():
-                finished[b].append((seqs[b * K + src[b, r], 1:].tolist(), float(top[b, r])))
+                finished[b].append((seqs[b * K + src[b, r], 1:].tolist(), float(top_att[b, r]), float(top_lm[b, r])))
             live, pos = top.masked_fill(is_eos, float("-inf")).topk(K, dim=-1)
             rows = (torch.arange(B, device=top.device)[:, None] * K + src.gather(1, pos)).view(-1)
             seqs = torch.cat([seqs[rows], tok.gather(1, pos).view(-1, 1)], dim=1)
             done |= torch.tensor([len(f) >= K for f in finished], device=done.device) | ~torch.isfinite(live).any(-1)
-            scores = live.masked_fill(done[:, None], float("-inf"))
+            att_sum = top_att.gather(1, pos).masked_fill(is_eos.gather(1, pos) | done[:, None], float("-inf"))
+            lm_sum = top_lm.gather(1, pos)
             if bool(done.all()):
                 break
-        return [f or [(seqs[b * K, 1:].tolist(), 0.0)] for b, f in enumerate(finished)]
+        return [f or [(seqs[b * K, 1:].tolist(), 0.0, 0.0)] for b, f in enumerate(finished)]
 
 
 def _valid_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
@@ -381,3 +431,63 @@ def build_branchformer(cfg, task) -> BranchformerASR:
         float(cfg.label_smoothing),
         str(cfg["pos_encoding"]),
     )
+
+
+class TransformerLM(nn.Module):
+    """Token ids → next-token logits of an OpenAI-GPT causal LM (``.net``; its ``config`` bounds the context)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.config = net.config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def build_lm(cfg, task) -> TransformerLM:
+    from transformers import OpenAIGPTConfig, OpenAIGPTLMHeadModel
+
+    if int(cfg.d_model) % int(cfg.heads):
+        raise ConfigError(f"backbone.d_model={cfg.d_model} is not divisible by backbone.heads={cfg.heads}")
+    p = float(cfg.dropout)
+    config = OpenAIGPTConfig(
+        vocab_size=int(task.vocab_size),
+        n_positions=int(cfg.max_positions),
+        n_embd=int(cfg.d_model),
+        n_layer=int(cfg.layers),
+        n_head=int(cfg.heads),
+        afn="gelu",
+        resid_pdrop=p,
+        embd_pdrop=p,
+        attn_pdrop=p,
+    )
+    return TransformerLM(OpenAIGPTLMHeadModel(config))
+
+
+def load_language_model(source: str, tokenizer_digest: str, vocab_size: int) -> TransformerLM:
+    """The LM of a finished ``task=librispeech_lm`` run (its run dir, or its ``checkpoints/last.ckpt``), in eval
+    mode; a one-line ConfigError when it is not one or was trained with other tokens than this task's."""
+    path = Path(source).expanduser()
+    ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+    run_dir = path if path.is_dir() else path.parent.parent
+    record = run_dir / "result.json"
+    fix = "pass the run dir of a finished python run.py preset=speech/transformer_lm run"
+    if not record.is_file() or not ckpt.is_file():
+        raise ConfigError(f"task.lm_checkpoint={source}: no result.json and checkpoints/last.ckpt there; {fix}")
+    rec = json.loads(record.read_text())
+    cfg = rec["config"]
+    if cfg["task"]["type"] != "librispeech_lm" or cfg["backbone"]["type"] != "transformer_lm":
+        raise ConfigError(f"task.lm_checkpoint={source}: a {cfg['task']['type']} run, not a language model; {fix}")
+    data = rec["data"] if isinstance(rec.get("data"), dict) else {}  # the record's data report: its token digest
+    if "tokenizer" not in data or data["tokenizer"] != tokenizer_digest:
+        raise ConfigError(
+            f"task.lm_checkpoint={source}: the LM was trained with other tokens than this task's; train it with the "
+            "same task.train_splits, task.tokenizer and task.vocab_size"
+        )
+    from omegaconf import OmegaConf
+
+    lm = build_lm(OmegaConf.create(cfg["backbone"]), SimpleNamespace(vocab_size=vocab_size))
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]  # the suite's own checkpoint
+    lm.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
+    return lm.eval().requires_grad_(False)

@@ -165,6 +165,11 @@ class ValidationHistory(L.Callback):
             for k, v in trainer.callback_metrics.items()
             if k.startswith(self.prefix) and torch.as_tensor(v).numel() == 1
         }
+        # Lightning keeps every metric ever logged in callback_metrics: a recipe that scores some metrics only on
+        # some epochs (ASR: WER every task.decode_every) names this epoch's, so older values are not recorded again.
+        keys = getattr(pl_module, "validation_keys", None)
+        if keys is not None:
+            metrics = {k: v for k, v in metrics.items() if k in keys}
         if metrics:
             self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "metrics": metrics})
 
