@@ -321,9 +321,10 @@ def spec_augment(
 
 
 class DurationBatches(DistributedSampler):
-    """Batches by total audio duration (SpeechBrain's dynamic batching): utterances sorted by duration into
-    ``buckets`` equal-count buckets; each bucket's batch holds ⌊max_seconds / its longest utterance⌋
-    utterances (at most ``max_items``), so a padded batch never exceeds ``max_seconds`` of audio; bucket
+    """Batches by total audio duration (SpeechBrain's dynamic batching): utterances go to ``buckets`` duration
+    buckets bounded by quantiles of the durations (equal durations share one); each bucket's batch holds
+    ⌊max_seconds / its longest utterance⌋ utterances (at most ``max_items``), so a padded batch never exceeds
+    ``max_seconds`` of audio; bucket
     contents and the order of the batches are shuffled every epoch. A DistributedSampler (Lightning keeps it
     and calls ``set_epoch``) that yields index lists and shards whole batches over ranks, every rank the same
     number (the list is padded by repeating its first batches, as DistributedSampler pads indices)."""
@@ -334,8 +335,9 @@ class DurationBatches(DistributedSampler):
         super().__init__(range(len(durations)), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
         self.durations = np.asarray(durations, dtype=np.float64)
         self.max_seconds, self.max_items = float(max_seconds), int(max_items)
-        order = np.argsort(self.durations, kind="stable")
-        self.buckets = [b for b in np.array_split(order, max(1, min(int(buckets), len(order)))) if len(b)]
+        bounds = np.unique(np.quantile(self.durations, np.linspace(0, 1, max(1, int(buckets)) + 1)[1:]))
+        which = np.searchsorted(bounds, self.durations, side="left")
+        self.buckets = [np.flatnonzero(which == i) for i in range(len(bounds)) if (which == i).any()]
         self.sizes = [
             max(1, min(self.max_items, int(self.max_seconds // self.durations[b].max()))) for b in self.buckets
         ]
