@@ -245,8 +245,9 @@ def normalise(cfg: dict) -> dict:
 
 def with_run_defaults(cfg: dict) -> dict:
     """A config recorded by an older version of the suite, completed with the run-level keys that
-    conf/config.yaml has gained since (``resume``, ``run.lock_timeout``, the ``callbacks`` group, ...), so
-    the run can be built again (``gfsa analyze``, ``gfsa eval``). Recorded values always win."""
+    conf/config.yaml has gained since (``resume``, ``run.lock_timeout``, the ``callbacks`` group, ...) and the
+    group keys of :data:`gfsa.runner.results.ADDED_KEYS` at their old behaviour's value (``optim.no_decay``, ...),
+    so the run can be built again (``gfsa analyze``, ``gfsa eval``). Recorded values always win."""
     import yaml
 
     from gfsa.utils.resources import conf_dir
@@ -261,4 +262,13 @@ def with_run_defaults(cfg: dict) -> dict:
         elif isinstance(value, dict) and isinstance(out[key], dict):
             out[key] = {**value, **out[key]}
     out.setdefault("callbacks", {})
+    from gfsa.runner.results import ADDED_KEYS
+
+    for dotted, neutral in ADDED_KEYS.items():  # group keys added since, at the value those runs computed with
+        *parents, leaf = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = copy.deepcopy(neutral)
     return out
