@@ -285,6 +285,8 @@ def test_lm_fusion_weight_zero_is_plain_decoding_and_a_trained_lm_reranks(tmp_pa
     )
     final = record["history"][-1]["final"]["decoding"]
     assert (final["lm_weight"], final["temperature"], final["lm_temperature"]) == (0.6, 1.15, 1.15)
+    saved = torch.load(Path(record["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert saved and all(k.startswith(("model.", "split_metrics.", "accuracy.")) for k in saved)  # the LM is not saved
     with pytest.raises(ConfigError, match=r"task.test_decoding.lm_weight=0.6 fuses a language model"):
         run(
             compose(

@@ -34,14 +34,17 @@ class ASRRecipe(ClassificationRecipe):
         self.decode_every = int(c["decode_every"])
         self.accuracy = SplitMetrics(task.accuracy_metrics(), eval_splits(task))
         self.final = None
-        self._lm = None  # not a submodule: neither trained nor saved with the ASR model
+        # The fused LM is kept outside the module tree (in __dict__, not a submodule): neither trained, nor saved
+        # in the ASR run's checkpoints, nor loaded back from them.
+        self.__dict__["language_model"] = None
         test = task.test_decoding
         if int(c["average_checkpoints"]) > 0 or test is not None:
             self.final = FinalEvaluation(int(c["average_checkpoints"]), str(c["average_by"]), task)
         if c["lm_checkpoint"]:
             from gfsa.zoo.backbones.asr import load_language_model
 
-            self._lm = load_language_model(str(c["lm_checkpoint"]), task.tokenizer.digest, task.vocab_size)
+            lm = load_language_model(str(c["lm_checkpoint"]), task.tokenizer.digest, task.vocab_size)
+            self.__dict__["language_model"] = lm
         if test is not None:
             self.test_decoding = {
                 "beam_size": int(test["beam_size"]),
@@ -110,7 +113,7 @@ class ASRRecipe(ClassificationRecipe):
         loss = SplitMetrics(self._loss_metrics(), eval_splits(self.task)).to(self.device)
         was_training = self.model.training
         self.model.eval()
-        lm = self._lm.to(self.device) if self._lm is not None else None
+        lm = self.language_model.to(self.device) if self.language_model is not None else None
         with torch.no_grad(), trainer.precision_plugin.forward_context():
             loaders = trainer.val_dataloaders
             for split, loader in enumerate(loaders if isinstance(loaders, (list, tuple)) else [loaders]):
