@@ -34,7 +34,9 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay=("1d", "model")
     """Two groups, [decayed, not decayed] (always both, in this order, so checkpoints resume), and a report
     of the split for the results record. The split is timm's ``param_groups_weight_decay`` with its 1-D
     rule switched by ``1d`` and every other entry of ``no_decay`` as a name pattern; it does not depend
-    on ``weight_decay`` (timm's helper puts everything in one group at 0, which would hide the rule)."""
+    on ``weight_decay`` (timm's helper puts everything in one group at 0, which would hide the rule).
+    timm's ``create_optimizer_v2`` is not used: it knows only timm's rule (no ``[]``, no name substrings), and
+    its groups (empty ones dropped, no-decay first) would not load the optimizer state of earlier checkpoints."""
     from timm.optim import param_groups_weight_decay
 
     rules = list(no_decay)
