@@ -134,13 +134,14 @@ def test_analyze_a_trained_run_against_its_baseline(tmp_path):
 
 
 def test_analyze_a_run_recorded_by_an_older_version(tmp_path):
-    """A record whose config predates run-level keys added since (resume, run.lock_timeout, callbacks)."""
+    """A record whose config predates keys added since (resume, run.lock_timeout, callbacks, optim.no_decay)."""
     old = tmp_path / "old-run"
     shutil.copytree(digits_runs()["gfsa"]["run_dir"], old)
     record = R.load_record(old)
     for key in ("resume", "callbacks"):
         record["config"].pop(key, None)
     record["config"]["run"].pop("lock_timeout", None)
+    record["config"]["optim"].pop("no_decay", None)
     R.write_record(old, record)
     out = A.analyze(str(old), batches=1, out=str(tmp_path / "out"))
     assert out["gfsa"]["layers"] and (tmp_path / "out" / "analysis.json").is_file()

@@ -347,3 +347,115 @@ def test_every_graph_preset_and_cell_composes():
         cfg = compose(list(cell.overrides))
         assert (cfg.gfsa.layers == "none") == (cell.variant == "baseline")
         assert cell.paper is not None
+
+
+def test_single_hop_edge_encoding_is_the_edge_between_adjacent_nodes():
+    """v1's other edge type: edge_encoder(attn_edge_type).mean(-2), zero for pairs that share no edge."""
+    from gfsa.zoo.backbones.graphormer import Graphormer
+    from gfsa.zoo.tasks.graph import StructuralEncodings
+
+    g = nx.cycle_graph(5)
+    e = torch.tensor(list(g.edges)).t()
+    edge_index = torch.cat([e, e.flip(0)], 1)
+    attr = torch.arange(e.shape[1]).repeat(2) % 3 + 1
+    data = StructuralEncodings(["spd"])(
+        Data(x=torch.zeros(5, 1, dtype=torch.long), edge_index=edge_index, edge_attr=attr)
+    )
+    batch = Batch.from_data_list([data, data])
+    torch.manual_seed(0)
+    model = Graphormer([28], [4], 1, num_layers=1, hidden_dim=8, ffn_dim=8, num_heads=2, edge_type="single_hop").eval()
+    assert not hasattr(model, "edge_dis_encoder")  # v1 builds the per-hop maps only for multi-hop
+    node_mask = torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        full = model.attention_bias(batch, node_mask)
+        table = model.edge_encoder.embedding.weight.clone()
+        model.edge_encoder.embedding.weight.zero_()
+        edges = full - model.attention_bias(batch, node_mask)  # the edge term alone
+        model.edge_encoder.embedding.weight.copy_(table)
+    bond = {(int(a), int(b)): int(c) for a, b, c in zip(*edge_index, attr, strict=True)}
+    for i, j in itertools.product(range(5), repeat=2):
+        want = model.edge_encoder(torch.tensor([bond[(i, j)]]))[0] if (i, j) in bond else torch.zeros(2)
+        assert torch.allclose(edges[:, :, 1 + i, 1 + j], want.expand(2, 2), atol=1e-6), (i, j)
+    assert model(batch).shape == (2, 1)
+
+
+def test_flag_gives_the_weight_gradients_of_the_official_loop(tmp_path):
+    """flag_loss, back-propagated once, equals flag_bounded's m backward calls (same draws, same ascent)."""
+    from gfsa.runner.registry import resolve
+    from gfsa.zoo.recipes.graph import flag_loss
+
+    data = write_zinc(tmp_path / "zinc")
+    cfg = compose(
+        ["backbone=graphormer_slim", "task=zinc", f"task.data_dir={data}", "task.download=false", *TINY_GRAPHORMER]
+    )
+    task = resolve("task", cfg.task.type)(cfg.task)
+    task.setup("fit")
+    torch.manual_seed(0)
+    model = resolve("backbone", cfg.backbone.type)(cfg.backbone, task).eval()  # eval: no dropout draws
+    batch = _graph_batch(task)
+    labels = batch.y.view(-1, 1).float()
+    m, step, mag = 3, 1e-3, 1e-3
+
+    torch.manual_seed(1)  # the official loop (Graphormer's flag_bounded), written out
+    shape = model.perturbation_shape(batch)
+    perturb = (torch.rand(shape) * 2 - 1) * mag / shape[-1] ** 0.5
+    perturb.requires_grad_()
+    loss = task.loss(model(batch, perturb=perturb), labels) / m
+    for _ in range(m - 1):
+        loss.backward()
+        data_ = perturb.detach() + step * torch.sign(perturb.grad.detach())
+        norm = torch.norm(data_, dim=-1).detach()
+        exceed = (norm > mag).to(data_)
+        data_ = (data_ * (mag / norm * exceed + (1 - exceed)).unsqueeze(-1)).detach()
+        perturb.data = data_.data
+        perturb.grad[:] = 0
+        loss = task.loss(model(batch, perturb=perturb), labels) / m
+    loss.backward()
+    official = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model.zero_grad()
+    torch.manual_seed(1)
+    flag_loss(model, {"graph": batch}, labels, task.loss, m, step, mag).backward()
+    ours = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert ours.keys() == official.keys() and official
+    for n, want in official.items():
+        assert torch.allclose(ours[n], want, atol=1e-6, rtol=1e-5), n
+    # the perturbation is in the path: a different one gives other gradients
+    model.zero_grad()
+    torch.manual_seed(2)
+    flag_loss(model, {"graph": batch}, labels, task.loss, m, step, 1.0).backward()
+    assert not all(torch.allclose(p.grad, official[n]) for n, p in model.named_parameters() if p.grad is not None)
+
+
+def test_flag_and_single_hop_run_and_are_off_in_every_preset(tmp_path, results_dir):
+    data = write_zinc(tmp_path / "zinc")
+    for preset in ("graphormer_zinc", "graphormer_pcqm4m", "graphormer_pcqm4mv2", "gps_zinc", "gps_peptides_func"):
+        cfg = compose([f"preset=graph/{preset}"])
+        assert cfg.task.flag.enabled is False
+        assert cfg.backbone.get("edge_type", "multi_hop") == "multi_hop"
+    common = [
+        *FAST,
+        "preset=graph/graphormer_zinc",
+        f"task.data_dir={data}",
+        "task.batch_size=8",
+        "task.num_workers=0",
+        "task.download=false",
+        "trainer.precision=32-true",
+        "trainer.check_val_every_n_epoch=1",
+        "with_baseline=false",
+    ]
+    record = run(
+        compose(
+            [*common, *TINY_GRAPHORMER, "gfsa.layers=all", "task.flag.enabled=true", "backbone.edge_type=single_hop"],
+            results_dir,
+        )
+    )
+    assert record["status"] == "finished" and record["config"]["task"]["flag"]["enabled"] is True
+    with pytest.raises(ConfigError, match="task.flag.enabled=true perturbs the node embeddings of Graphormer"):
+        run(
+            compose(
+                [*common, "backbone=gps", *TINY_GPS, "task.encodings=[rwse]", "task.flag.enabled=true"], results_dir
+            )
+        )
+    with pytest.raises(ConfigError, match="backbone.edge_type=two_hop: choose multi_hop or single_hop"):
+        run(compose([*common, *TINY_GRAPHORMER, "backbone.edge_type=two_hop"], results_dir))

@@ -253,3 +253,28 @@ def test_real_wandb_run_is_read_back_and_reported(tmp_path):
         if key != "baseline":
             assert by[variant].gain_pct.mean == pytest.approx(rec["comparison"]["improvement_pct"], abs=1e-9)
             assert by[variant].added_parameters == values["added_parameters"] == rec["gfsa"]["added_parameters"]
+
+
+def test_cells_that_depart_from_the_official_recipe_are_marked(tmp_path):
+    """A cell's ``departs`` note puts † on its row (terminal, Markdown) and lists why under the table; CSV has it."""
+    tables = tmp_path / "experiments"
+    tables.mkdir()
+    (tables / "toy.yaml").write_text(
+        TOY.replace(
+            "variant: gfsa, metric: acc, paper: 81.5,",
+            'variant: gfsa, metric: acc, paper: 81.5, departs: "no official recipe for digits",',
+        )
+    )
+    results = tmp_path / "results"
+    write_record(results, ["gfsa.layers=none"], 0.80, 0.10)
+    write_record(results, ["gfsa.layers=all"], 0.82, 0.12)
+    out = tmp_path / "out"
+    rep = rp.run([str(results)], out=str(out), experiments_dir=tables, echo=lambda m: None)
+    rows = {r.variant: r for r in rep.tables["toy"][1]}
+    assert rows["gfsa"].departs == "no official recipe for digits" and rows["baseline"].departs is None
+    md = (out / "toy.md").read_text()
+    assert "| vit_mini | digits | gfsa † | 1 |" in md and "| vit_mini | digits | baseline | 1 |" in md
+    assert "- † vit_mini/digits/gfsa: no official recipe for digits" in md
+    with (out / "toy.csv").open() as f:
+        csv_rows = {r["variant"]: r for r in __import__("csv").DictReader(f)}
+    assert csv_rows["gfsa"]["departs"] == "no official recipe for digits" and csv_rows["baseline"]["departs"] == ""

@@ -200,7 +200,7 @@ def test_beam_search_agrees_with_greedy_and_rescoring(tmp_path, cache_dir):
                 seq.append(nxt)
             assert greedy[b] == seq[1:]
     beams = model._beam_search(hidden, hmask, 3, 0.5)
-    best = [max(s for _, s in cands) for cands in beams]
+    best = [max(s for _, s, _ in cands) for cands in beams]
     greedy_scores = model._beam_search(hidden, hmask, 1, 0.5)
     assert all(b >= g[0][1] - 1e-4 for b, g in zip(best, greedy_scores, strict=True))
     rescored = model.decode(feats, mask, beam_size=3, ctc_weight=0.4, max_len_ratio=0.5)
@@ -249,10 +249,17 @@ def test_every_speech_preset_and_cell_composes():
         "transformer_960h",
         "branchformer_100h",
         "branchformer_960h",
+        "transformer_lm",
     }
     for path in presets:
         cfg = compose([f"preset=speech/{path.stem}"])
+        if path.stem == "transformer_lm":
+            assert cfg.gfsa.layers == "none" and cfg.task.type == "librispeech_lm" and cfg.task.vocab_size == 5000
+            continue
         assert cfg.gfsa.layers == "all" and cfg.task.type == "librispeech" and cfg.task.vocab_size == 5000
+        assert cfg.task.speed_perturb == [95, 100, 105] and cfg.trainer.precision == "32-true"
+        assert cfg.task.average_checkpoints == 10 and cfg.task.test_decoding.beam_size == 66
+        assert cfg.task.test_decoding.lm_weight == (0.6 if path.stem.endswith("960h") else 0.0)
     t = compose(["preset=speech/transformer_100h"])
     assert (t.gfsa.K, t.backbone.encoder_layers, t.backbone.decoder_layers, t.backbone.d_model) == (4, 12, 6, 512)
     assert (t.backbone.attention_heads, t.backbone.ctc_weight, t.optim.lr, t.optim.warmup_steps) == (

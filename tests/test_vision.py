@@ -358,3 +358,20 @@ def test_cli_bad_input_exits_2_with_one_line(data, tmp_path):
     assert lines[-1].startswith("error: task.image_size=224 does not fit backbone swin_s"), p.stderr[-2000:]
     assert sum(ln.startswith("error:") for ln in lines) == 1
     assert not results.exists() or run_dirs(results) == []
+
+
+def test_swin_preset_evaluates_with_a_bilinear_resize_as_the_gfsa_swin_code():
+    """GFSA's Swin data/build.py resizes with torchvision's default (bilinear) at eval; DeiT (and Swin's training
+    augmentation) stay bicubic; the eval resize and crop are 256 → 224 in both."""
+    from torchvision.transforms import CenterCrop, InterpolationMode, Resize
+
+    def resize(preset: str, train: bool):
+        task = resolve("task", "imagefolder")(compose([f"preset={preset}"]).task)
+        steps = task.transforms(train).transforms
+        return steps, next(t for t in steps if hasattr(t, "interpolation"))
+
+    steps, swin = resize("imagenet/swin_s", False)
+    assert swin.interpolation == InterpolationMode.BILINEAR and isinstance(swin, Resize) and swin.size == 256
+    assert any(isinstance(t, CenterCrop) and list(t.size) == [224, 224] for t in steps)
+    assert resize("imagenet/deit_s", False)[1].interpolation == InterpolationMode.BICUBIC
+    assert resize("imagenet/swin_s", True)[1].interpolation == InterpolationMode.BICUBIC

@@ -11,6 +11,8 @@ Pure Python + PyYAML (no Hydra, no torch). File format (see experiments/README.m
     cells:
       - {row: bert_base, column: cola, variant: baseline, metric: mcc, paper: 56.79,
          overrides: [preset=glue/bert_base, task=glue/cola, gfsa.layers=none]}
+
+A cell may say ``departs: <why>`` when its run cannot follow the official recipe; reports mark it with †.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Cell:
     paper: float | None = None
     seeds: tuple[int, ...] = (0,)
     note: str | None = None
+    departs: str | None = None  # how this cell's recipe departs from the official code's (reports mark it †)
 
     @property
     def id(self) -> str:
@@ -102,6 +105,7 @@ def load_table(path: str | Path) -> Table:
             paper=None if raw.get("paper") is None else float(raw["paper"]),
             seeds=tuple(int(s) for s in raw.get("seeds", seeds)),
             note=raw.get("note"),
+            departs=raw.get("departs"),
         )
         if cell.id in seen:
             raise TableError(f"{path}: duplicate cell {cell.row}/{cell.column}/{cell.variant}")

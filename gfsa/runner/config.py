@@ -172,6 +172,7 @@ def _optim(o: dict) -> dict:
     o["lr"] = _float("optim.lr", o["lr"], low=0, strict_low=True)
     if o["weight_decay"] is not None:
         o["weight_decay"] = _number("optim.weight_decay", o["weight_decay"], low=0)
+    o["no_decay"] = _no_decay(o["no_decay"])
     if o["eps"] is not None:
         o["eps"] = _number("optim.eps", o["eps"], low=0, strict_low=True)
     if o.get("momentum") is not None:  # optional: SGD's (gfsa.zoo.recipes.common.SGD_MOMENTUM otherwise)
@@ -200,6 +201,18 @@ def _optim(o: dict) -> dict:
             )
         _choice("optim.schedule_interval", o["schedule_interval"], ("epoch", "step"))
     return o
+
+
+def _no_decay(v: Any) -> list[str]:
+    """``optim.no_decay``: a set of rules and name substrings, in one order (it names the run)."""
+    if v is None:
+        return []
+    if isinstance(v, str) or not isinstance(v, (list, tuple)) or not all(isinstance(e, str) and e.strip() for e in v):
+        raise ConfigError(
+            f"optim.no_decay={v!r}: expected a list, e.g. [1d, model] (timm's rule), [bias, LayerNorm.weight] "
+            "(name substrings) or [] (decay every parameter)"
+        )
+    return sorted({e.strip() for e in v})
 
 
 def _run(r: dict) -> dict:
@@ -241,8 +254,9 @@ def normalise(cfg: dict) -> dict:
 
 def with_run_defaults(cfg: dict) -> dict:
     """A config recorded by an older version of the suite, completed with the run-level keys that
-    conf/config.yaml has gained since (``resume``, ``run.lock_timeout``, the ``callbacks`` group, ...), so
-    the run can be built again (``gfsa analyze``, ``gfsa eval``). Recorded values always win."""
+    conf/config.yaml has gained since (``resume``, ``run.lock_timeout``, the ``callbacks`` group, ...) and the
+    group keys of :data:`gfsa.runner.results.ADDED_KEYS` at their old behaviour's value (``optim.no_decay``, ...),
+    so the run can be built again (``gfsa analyze``, ``gfsa eval``). Recorded values always win."""
     import yaml
 
     from gfsa.utils.resources import conf_dir
@@ -257,4 +271,13 @@ def with_run_defaults(cfg: dict) -> dict:
         elif isinstance(value, dict) and isinstance(out[key], dict):
             out[key] = {**value, **out[key]}
     out.setdefault("callbacks", {})
+    from gfsa.runner.results import ADDED_KEYS
+
+    for dotted, neutral in ADDED_KEYS.items():  # group keys added since, at the value those runs computed with
+        *parents, leaf = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = copy.deepcopy(neutral)
     return out

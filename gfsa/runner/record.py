@@ -103,6 +103,9 @@ def build_record(cfg, rdir, rid, variant, task, model, facts, history, timer, tr
         "host": platform.node(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    groups = getattr(trainer.lightning_module, "weight_decay_groups", None)
+    if groups:  # which parameters the optimizer decayed (optim.no_decay), as the recipe built its groups
+        record["weight_decay_groups"] = groups
     if variant != "baseline":
         baseline = R.load_record(R.run_dir(R.baseline_config(cfg)))
         record["comparison"] = R.pair(record, baseline) if baseline else None

@@ -22,6 +22,7 @@ TASKS: dict[str, str] = {
     "pcqm": "gfsa.zoo.tasks.graph:PCQMTask",
     "peptides": "gfsa.zoo.tasks.graph:PeptidesTask",
     "librispeech": "gfsa.zoo.tasks.speech:LibriSpeechTask",
+    "librispeech_lm": "gfsa.zoo.tasks.speech:LibriSpeechLMTask",
     "listops": "gfsa.zoo.tasks.listops:ListOpsTask",
 }
 
@@ -32,12 +33,14 @@ BACKBONES: dict[str, str] = {
     "gps": "gfsa.zoo.backbones.gps:build",
     "asr_transformer": "gfsa.zoo.backbones.asr:build_transformer",
     "branchformer": "gfsa.zoo.backbones.asr:build_branchformer",
+    "transformer_lm": "gfsa.zoo.backbones.asr:build_lm",
     "efficient_attention": "gfsa.zoo.backbones.efficient_attention:build",
     "lra_transformer": "gfsa.zoo.backbones.efficient_attention:build_softmax",
 }
 
 RECIPES: dict[str, str] = {
     "classification": "gfsa.zoo.recipes.classification:ClassificationRecipe",
+    "graph": "gfsa.zoo.recipes.graph:GraphRecipe",
     "lm": "gfsa.zoo.recipes.lm:CausalLMRecipe",
     "asr": "gfsa.zoo.recipes.asr:ASRRecipe",
 }

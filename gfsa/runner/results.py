@@ -45,7 +45,24 @@ DEFAULT_IGNORE = (
 # Keys added to the config after runs were recorded without them, each with the value that computes what
 # those runs computed: at that value a key stays out of the run's identity, so older run directories keep
 # matching their configs (tests/data/run_dirs.json pins the run directories of every preset).
-ADDED_KEYS: dict[str, Any] = {}
+ADDED_KEYS: dict[str, Any] = {
+    "optim.no_decay": ["1d", "model"],  # every run exempted 1-D parameters and timm's no_weight_decay()
+    "backbone.edge_type": "multi_hop",  # Graphormer's edge encoding
+    "task.eval_interpolation": None,  # ImageNet: the eval resize used task.interpolation
+    "task.flag": {"enabled": False, "m": 3, "step_size": 1.0e-3, "mag": 1.0e-3},  # graph tasks: no FLAG
+    # LibriSpeech: Kaldi's 25 ms / 512-point fbank, no speed perturbation, no time warping, fixed-size batches, WER at
+    # every validation, no checkpoint averaging, no final evaluation, no language model
+    "task.window_ms": 25,
+    "task.n_fft": 512,
+    "task.speed_perturb": [],
+    "task.specaugment.time_warp": 0,
+    "task.dynamic_batching": {"max_seconds": None, "max_items": 128, "buckets": 200},
+    "task.decode_every": 1,
+    "task.average_checkpoints": 0,
+    "task.average_by": "acc",
+    "task.test_decoding": None,
+    "task.lm_checkpoint": None,
+}
 # Config groups that make a run a variant of its baseline.
 VARIANT_GROUPS = ("gfsa", "method")
 BASELINE_GFSA = {"layers": "none"}
@@ -99,6 +116,8 @@ def canonical(cfg: dict) -> dict:
     for key, neutral in ADDED_KEYS.items():
         if _get(c, key, _MISSING) == neutral:
             _drop(c, key)
+    if _get(c, "optim.weight_decay") == 0:  # without weight decay, which parameters are exempt is irrelevant
+        _drop(c, "optim.no_decay")
     if is_baseline(c):  # GFSA settings of an unpatched model are irrelevant
         c["gfsa"] = dict(BASELINE_GFSA)
         c.pop("method", None)

@@ -62,6 +62,7 @@ class Row:
     runs: list[Run] = field(default_factory=list)
     domain: str = ""
     improvement: str = "relative"
+    departs: str | None = None  # the cell's recipe departs from the official one (experiments/*.yaml ``departs``)
 
     @property
     def vs_paper(self) -> float | None:
@@ -173,6 +174,7 @@ def build(collected: Collected, tables: dict[str, Table], only: list[str] | None
                 paper=cell.paper,
                 domain=_domain(t),
                 improvement=t.improvement,
+                departs=cell.departs,
             )
             base_cell = next((c for c in t.select([cell.row], [cell.column], ["baseline"])), None)
             if cell.variant != "baseline" and base_cell is not None and cell.paper is not None:

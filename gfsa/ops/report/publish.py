@@ -13,6 +13,7 @@ from gfsa.ops.report.render import (
     GENERIC_COLUMNS,
     PAPER_COLUMNS,
     caption,
+    departures,
     generic_cells,
     markdown,
     paper_cells,
@@ -39,6 +40,8 @@ def write(report: Report, out: Path) -> dict[str, list[Path]]:
             doc += ["", f"![{name}]({png.name})"]
     for table, rows in report.tables.values():
         md = markdown(PAPER_COLUMNS, [paper_cells(r) for r in rows])
+        if departures(rows):  # the cells marked † and how their recipes depart from the official ones
+            md += "\n\n" + "\n".join(f"- {line}" for line in departures(rows))
         (out / f"{table.name}.md").write_text(f"## {table.title}\n\n{caption(table)}\n\n{md}\n")
         write_csv(out / f"{table.name}.csv", rows)
         files[table.name] += [out / f"{table.name}.md", out / f"{table.name}.csv"]

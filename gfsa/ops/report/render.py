@@ -64,7 +64,7 @@ def paper_cells(row: Row) -> list[str]:
     return [
         row.row,
         row.column,
-        row.variant,
+        row.variant + (f" {DEPARTS}" if row.departs else ""),
         str(n),
         _pm(row.value),
         _num(row.paper),
@@ -91,6 +91,14 @@ def generic_cells(row: Row) -> list[str]:
         str(row.added_parameters or 0),
         "" if base else _pm(row.overhead_pct, True),
     ]
+
+
+DEPARTS = "†"  # marks a cell whose recipe departs from the official one
+
+
+def departures(rows: list[Row]) -> list[str]:
+    """One line per marked cell: how its recipe departs from the official code's (the cell's ``departs``)."""
+    return [f"{DEPARTS} {r.row}/{r.column}/{r.variant}: {r.departs}" for r in rows if r.departs]
 
 
 def caption(table: Table) -> str:
@@ -132,6 +140,7 @@ CSV_FIELDS = (
     "added_parameters",
     "seeds",
     "runs",
+    "departs",
 )
 
 
@@ -166,6 +175,7 @@ def csv_row(row: Row) -> dict:
         "added_parameters": row.added_parameters,
         "seeds": " ".join(str(r.seed) for r in row.runs),
         "runs": " ".join(r.source for r in row.runs),
+        "departs": row.departs or "",
     }
 
 
@@ -192,6 +202,8 @@ def print_tables(report: Report, console=None) -> None:
         for row in rows:  # Text: labels like gfsa[all,K3] are not rich markup
             t.add_row(*map(Text, paper_cells(row)), style="dim" if not row.runs else None)
         console.print(t)
+        for line in departures(rows):
+            console.print(Text(line), style="dim")
     if report.generic:
         t = RichTable(title="runs that match no paper cell, per backbone/task (raw metric units)")
         for c in GENERIC_COLUMNS:

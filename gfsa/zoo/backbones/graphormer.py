@@ -1,8 +1,10 @@
 """Graphormer (Ying et al. 2021) as in its v1 code, which the official GFSA graph experiments extend.
 
 Centrality (degree) encoding on the nodes; a virtual graph token; an attention bias per head made of
-the shortest-path spatial encoding and the multi-hop edge encoding (edge features along a shortest
-path, one learned head×head map per hop, averaged over the path length). The bias, with −inf for
+the shortest-path spatial encoding and the edge encoding: multi-hop (edge features along a shortest
+path, one learned head×head map per hop, averaged over the path length; v1's ``--edge_type multi_hop``)
+or single-hop (the features of the edge between two adjacent nodes, v1's other ``edge_type``). The node
+embeddings take an optional perturbation (``perturb``), FLAG's adversarial augmentation. The bias, with −inf for
 padding keys, is the additive attention mask that :func:`gfsa.nn.attention.apply_gfsa` receives, so GFSA
 filters exactly the official ``softmax(QKᵀ/√d + bias)`` (attention dropout before the filter when the
 preset sets ``gfsa.dropout_order=before``). Inputs are PyG batches with the task's cached shortest
@@ -122,6 +124,7 @@ class Graphormer(nn.Module):
         num_degree: int = 64,
         multi_hop_max_dist: int = 20,
         spatial_pos_max: int | None = None,
+        edge_type: str = "multi_hop",
     ):
         super().__init__()
         self.num_heads = num_heads
@@ -129,9 +132,12 @@ class Graphormer(nn.Module):
         self.num_degree = num_degree
         self.multi_hop_max_dist = multi_hop_max_dist
         self.spatial_pos_max = spatial_pos_max
+        self.edge_type = edge_type
+        self.hidden_dim = hidden_dim
         self.atom_encoder = FeatureEmbedding(node_feature_dims, hidden_dim, reduce="sum")
         self.edge_encoder = FeatureEmbedding(edge_feature_dims, num_heads, reduce="mean")
-        self.edge_dis_encoder = nn.Embedding(multi_hop_max_dist * num_heads * num_heads, 1)
+        if edge_type == "multi_hop":  # v1 builds the per-hop maps only for multi-hop edges
+            self.edge_dis_encoder = nn.Embedding(multi_hop_max_dist * num_heads * num_heads, 1)
         self.spatial_pos_encoder = nn.Embedding(num_spatial, num_heads, padding_idx=0)
         self.in_degree_encoder = nn.Embedding(num_degree, hidden_dim, padding_idx=0)
         self.out_degree_encoder = nn.Embedding(num_degree, hidden_dim, padding_idx=0)
@@ -149,7 +155,7 @@ class Graphormer(nn.Module):
         return [layer.self_attention for layer in self.layers]
 
     def attention_bias(self, graph, node_mask: torch.Tensor) -> torch.Tensor:
-        """(B, H, N+1, N+1): spatial + virtual-distance + multi-hop edge encodings, −inf on padding keys."""
+        """(B, H, N+1, N+1): spatial + virtual-distance + edge encodings, −inf on padding keys."""
         B, N = node_mask.shape
         H = self.num_heads
         spd = dense_pairs(graph.spd, graph.ptr, N, fill=UNREACHABLE)
@@ -160,7 +166,11 @@ class Graphormer(nn.Module):
         t = self.graph_token_virtual_distance.weight.view(1, H, 1)
         bias[:, :, 1:, 0] = bias[:, :, 1:, 0] + t
         bias[:, :, 0, :] = bias[:, :, 0, :] + t
-        bias[:, :, 1:, 1:] = bias[:, :, 1:, 1:] + self.multi_hop_edges(graph, spd, nxt)
+        if self.edge_type == "multi_hop":
+            edges = self.multi_hop_edges(graph, spd, nxt)
+        else:  # v1: edge_encoder(attn_edge_type).mean(-2), zero where two nodes are not adjacent
+            edges = self.edge_encoder(self.edge_rows(graph, B, N), indexed=True).permute(0, 3, 1, 2)
+        bias[:, :, 1:, 1:] = bias[:, :, 1:, 1:] + edges
         blocked = ~node_mask[:, None, None, :].expand(B, 1, N + 1, N)
         if self.spatial_pos_max is not None:
             blocked = blocked | F.pad(spd >= self.spatial_pos_max, (0, 0, 1, 0))[:, None]
@@ -175,12 +185,7 @@ class Graphormer(nn.Module):
         hops = int(min(self.multi_hop_max_dist, int(spd[reachable].max()) if reachable.any() else 0))
         if hops == 0:
             return spd.new_zeros(B, self.num_heads, N, N, dtype=self.edge_dis_encoder.weight.dtype)
-        # Dense edge-feature table rows (B, N, N, F); 0 (the zero padding row) where there is no edge.
-        src, dst = graph.edge_index
-        g = graph.batch[src]
-        rows = self.edge_encoder.index(graph.edge_attr)
-        edges = rows.new_zeros(B, N, N, rows.shape[-1])
-        edges[g, src - graph.ptr[g], dst - graph.ptr[g]] = rows
+        edges = self.edge_rows(graph, B, N)
         b = torch.arange(B, device=spd.device)[:, None, None]
         j = torch.arange(N, device=spd.device)[None, None, :]
         cur = torch.arange(N, device=spd.device)[None, :, None].expand(B, N, N)
@@ -196,11 +201,29 @@ class Graphormer(nn.Module):
         length = spd.clamp(min=1, max=self.multi_hop_max_dist).to(summed.dtype)
         return (summed / length[..., None]).permute(0, 3, 1, 2)
 
-    def forward(self, graph) -> torch.Tensor:
+    def edge_rows(self, graph, B: int, N: int) -> torch.Tensor:
+        """Dense edge-feature table rows (B, N, N, F); 0 (the zero padding row) where there is no edge."""
+        src, dst = graph.edge_index
+        g = graph.batch[src]
+        rows = self.edge_encoder.index(graph.edge_attr)
+        edges = rows.new_zeros(B, N, N, rows.shape[-1])
+        edges[g, src - graph.ptr[g], dst - graph.ptr[g]] = rows
+        return edges
+
+    def perturbation_shape(self, graph) -> tuple[int, int, int]:
+        """Shape of FLAG's perturbation of a batch: (graphs, most nodes in a graph, hidden)."""
+        counts = graph.ptr[1:] - graph.ptr[:-1]
+        return (int(graph.num_graphs), int(counts.max()), self.hidden_dim)
+
+    def forward(self, graph, perturb: torch.Tensor | None = None) -> torch.Tensor:
+        """Graph-level outputs; ``perturb`` (:meth:`perturbation_shape`) is added to the node embeddings after
+        the atom encoder, as v1's FLAG training does."""
         x, node_mask = to_dense_batch(graph.x, graph.batch)
         deg = degree(graph.edge_index[0], graph.num_nodes, dtype=torch.long)
         deg, _ = to_dense_batch(deg.clamp(max=self.num_degree - 2) + 1, graph.batch)  # 0 is padding
         h = self.atom_encoder(x) + self.in_degree_encoder(deg) + self.out_degree_encoder(deg)
+        if perturb is not None:
+            h = h + perturb.to(h.dtype)
         h = h * node_mask[..., None]
         h = torch.cat([self.graph_token.weight.expand(h.shape[0], 1, -1), h], dim=1)
         bias = self.attention_bias(graph, node_mask)
@@ -222,7 +245,13 @@ def _init_params(module: nn.Module, num_layers: int) -> None:
             module.weight.data[module.padding_idx].zero_()
 
 
+EDGE_TYPES = ("multi_hop", "single_hop")
+
+
 def build(cfg, task) -> Graphormer:
+    edge_type = cfg["edge_type"]
+    if edge_type not in EDGE_TYPES:
+        raise ConfigError(f"backbone.edge_type={edge_type}: choose {' or '.join(EDGE_TYPES)}")
     if "spd" not in getattr(task, "encodings", []):
         raise ConfigError(
             f"backbone {cfg.name} needs shortest paths: add spd to task.encodings (e.g. task.encodings=[spd])"
@@ -242,4 +271,5 @@ def build(cfg, task) -> Graphormer:
         num_degree=int(cfg.num_degree),
         multi_hop_max_dist=int(cfg.multi_hop_max_dist),
         spatial_pos_max=cfg["spatial_pos_max"],
+        edge_type=edge_type,
     )

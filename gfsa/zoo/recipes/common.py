@@ -1,4 +1,4 @@
-"""Pieces every recipe shares: the optimizer with its no-decay groups, the schedule, and the
+"""Pieces every recipe shares: the optimizer with its no-decay groups (``optim.no_decay``), the schedule, and the
 callbacks that measure what results records report (validation history, step time, memory)."""
 
 from __future__ import annotations
@@ -21,18 +21,53 @@ OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch
 SGD_MOMENTUM = 0.9
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, GFSA coefficients (all 1-D) and timm's no_weight_decay()."""
-    skip = set()
-    for prefix, m in model.named_modules():
-        if hasattr(m, "no_weight_decay") and callable(m.no_weight_decay):
-            skip |= {f"{prefix}.{n}" if prefix else n for n in m.no_weight_decay()}
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+# optim.no_decay entries with a meaning of their own; any other entry is a substring of parameter names (the
+# transformers scripts' rule, e.g. [bias, LayerNorm.weight]). [] decays every parameter (Graphormer v1, SpeechBrain).
+NO_DECAY_RULES = {
+    "1d": "every parameter with at most one dimension or named *.bias (timm's rule: biases, norms, GFSA coefficients)",
+    "model": "the names the model's modules list in no_weight_decay() (timm: position embeddings, class tokens)",
+    "gfsa": "the GFSA coefficients (*.gfsa.w0|w1|wK)",
+}
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay=("1d", "model")) -> tuple[list[dict], dict]:
+    """Two groups, [decayed, not decayed] (always both, in this order, so checkpoints resume), and a report
+    of the split for the results record. The split is timm's ``param_groups_weight_decay`` with its 1-D
+    rule switched by ``1d`` and every other entry of ``no_decay`` as a name pattern; it does not depend
+    on ``weight_decay`` (timm's helper puts everything in one group at 0, which would hide the rule).
+    timm's ``create_optimizer_v2`` is not used: it knows only timm's rule (no ``[]``, no name substrings), and
+    its groups (empty ones dropped, no-decay first) would not load the optimizer state of earlier checkpoints."""
+    from timm.optim import param_groups_weight_decay
+
+    rules = list(no_decay)
+    patterns = [f"*{entry}*" for entry in rules if entry not in NO_DECAY_RULES]
+    if "gfsa" in rules:
+        patterns += ["gfsa.*", "*.gfsa.*"]
+    if "model" in rules:
+        for prefix, m in model.named_modules():
+            if hasattr(m, "no_weight_decay") and callable(m.no_weight_decay):
+                patterns += [f"{prefix}.{n}" if prefix else n for n in m.no_weight_decay()]
+    groups = param_groups_weight_decay(
+        model, weight_decay=1.0, weight_decay_exclude_1d="1d" in rules, no_weight_decay_list=patterns
+    )
+    exempt = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for _, p in named if id(p) not in exempt]
+    kept = [(n, p) for n, p in named if id(p) in exempt]
+    report = {
+        "weight_decay": weight_decay,
+        "no_decay": rules,
+        "decayed": {"tensors": len(decay), "parameters": sum(p.numel() for p in decay)},
+        "not_decayed": {
+            "tensors": len(kept),
+            "parameters": sum(p.numel() for _, p in kept),
+            "names": [n for n, _ in kept],
+        },
+    }
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": [p for _, p in kept], "weight_decay": 0.0},
+    ], report
 
 
 def configure_optimizers(module: L.LightningModule, model: nn.Module, optim: dict):
@@ -53,7 +88,8 @@ def configure_optimizers(module: L.LightningModule, model: nn.Module, optim: dic
         kwargs["eps"] = float(optim["eps"])
     if name == "sgd":
         kwargs["momentum"] = float(optim.get("momentum", SGD_MOMENTUM))
-    opt = OPTIMIZERS[name](param_groups(model, float(optim["weight_decay"])), **kwargs)
+    groups, module.weight_decay_groups = param_groups(model, float(optim["weight_decay"]), optim["no_decay"])
+    opt = OPTIMIZERS[name](groups, **kwargs)
     schedule = optim["schedule"]
     if schedule == "timm_cosine":
         return {"optimizer": opt, "lr_scheduler": timm_cosine(module.trainer, opt, optim)}
@@ -131,6 +167,11 @@ class ValidationHistory(L.Callback):
             for k, v in trainer.callback_metrics.items()
             if k.startswith(self.prefix) and torch.as_tensor(v).numel() == 1
         }
+        # Lightning keeps every metric ever logged in callback_metrics: a recipe that scores some metrics only on
+        # some epochs (ASR: WER every task.decode_every) names this epoch's, so older values are not recorded again.
+        keys = getattr(pl_module, "validation_keys", None)
+        if keys is not None:
+            metrics = {k: v for k, v in metrics.items() if k in keys}
         if metrics:
             self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "metrics": metrics})
 

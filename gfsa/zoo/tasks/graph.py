@@ -111,7 +111,7 @@ class GraphTask(Task):
     ``node_feature_dims`` / ``edge_feature_dims`` are the vocabulary sizes of the integer features.
     """
 
-    recipe = "classification"  # with the task's loss and every split of task.eval_splits
+    recipe = "graph"  # the classification recipe (the task's loss, every split of task.eval_splits) + FLAG
     kind = "regression"
     num_outputs = 1
     node_feature_dims: tuple[int, ...] = ()
@@ -124,6 +124,7 @@ class GraphTask(Task):
         self.rwse_steps = int(cfg["rwse_steps"])
         self.eval_splits = list(cfg["eval_splits"])
         self.eval_batch_size = int(cfg["eval_batch_size"])
+        self.flag = dict(cfg["flag"])
         self.primary_metric = "mae" if self.kind == "regression" else "ap"
         self.directions = prefixed_directions(
             {self.primary_metric: "up" if self.kind == "multilabel" else "down", "loss": "down"}, self.eval_splits
@@ -143,6 +144,9 @@ class GraphTask(Task):
         unknown = [s for s in self.eval_splits if s not in self.split_names or s == "train"]
         if unknown:
             raise ConfigError(f"task.eval_splits={self.eval_splits}: unknown {unknown}; choose from val, test")
+        f = self.flag
+        if f["enabled"] and (int(f["m"]) < 1 or float(f["step_size"]) <= 0 or float(f["mag"]) < 0):
+            raise ConfigError(f"task.flag={f}: needs m >= 1, step_size > 0 and mag >= 0 (0: unbounded)")
         root = self.require_data_dir()
         missing = [f for f in self.raw_files() if not (root / f).exists()]
         if missing and not self.cfg["download"]:

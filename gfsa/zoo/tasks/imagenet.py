@@ -165,7 +165,7 @@ class ImageFolderTask(Task):
             return create_transform(
                 self.image_size,
                 is_training=False,
-                interpolation=interpolation,
+                interpolation=c["eval_interpolation"] or interpolation,
                 crop_pct=float(c["crop_pct"]),
                 mean=IMAGENET_MEAN,
                 std=IMAGENET_STD,
