@@ -57,6 +57,9 @@ from gfsa.ops.bench.common import (
 )
 
 VARIANTS = ("none", "selected", "all", "selected_official", "all_official")
+# Ours vs the official formulation, max |Δ| of the outputs relative to their largest value: the two round
+# differently through a dozen layers (under autocast, bf16 keeps 8 bits), a wrong formula moves them by far more.
+AGREE_TOL = {"fp32": 1e-3, "fp16": 2e-2, "bf16": 1e-1}
 
 
 @dataclass
@@ -192,7 +195,8 @@ def run_model(spec: Spec, args, out) -> dict:
     # Same weights everywhere: ours and the official formulation must agree, and GFSA must change the output.
     outs = {name: v.infer().float() for name, v in variants.items()}
     agree = {layers: (outs[layers] - outs[f"{layers}_official"]).abs().max().item() for layers in ("selected", "all")}
-    if max(agree.values()) > 1e-3 * max(1.0, outs["all"].abs().max().item()) or torch.equal(outs["all"], outs["none"]):
+    tol = AGREE_TOL[args.dtype] * max(1.0, outs["all"].abs().max().item())
+    if max(agree.values()) > tol or torch.equal(outs["all"], outs["none"]):
         raise SystemExit(f"{spec.name}: GFSA variants disagree with the official formulation ({agree}); not timing")
     del outs
     cells = {}
