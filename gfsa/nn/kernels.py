@@ -40,7 +40,9 @@ _FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # the path it picks is never more than ~10% behind the other at the lengths measured. The values come
 # from `gfsa bench attention --grid` (it prints this table; docs/performance.md): causal attention crosses
 # over earlier (the flash kernel skips the masked half, explicit blocks do not), and so does bf16/fp16.
-# A mask that is not causal counts as "full" (neither path skips anything).
+# A mask that is not causal counts as "full" (neither path skips anything). Provisional values (CPU fp32
+# full attention fused above 1024 tokens: materialized was 20–50% behind at 2048) until the grid is
+# measured on a quiet machine and on a GPU.
 AUTO_EXPLICIT_MAX_LEN: dict[tuple[str, str, str], dict[int, int]] = {
     ("cpu", "fp32", "full"): {64: 1024, 128: 1024},
     ("cpu", "fp32", "causal"): {64: 512, 128: 512},
@@ -79,8 +81,8 @@ def auto_impl(
 ) -> str:
     """The path ``impl="auto"`` takes: ``materialized`` with attention dropout (the official dropout
     semantics need A); otherwise, with :func:`autotune` on, the path measured fastest for this kind of
-    call (measured now when ``run`` is given and the kind is new); else :func:`table_impl`.
-    ``query.dtype`` is the compute dtype: under autocast the projections already return bf16/fp16.
+    call (measured now when ``run`` is given and the kind is new); else :func:`table_impl`. Both go by
+    the compute dtype (:func:`compute_dtype`: under autocast, fp32 inputs count as the autocast dtype).
 
     ``run(impl, *inputs)`` computes the call with ``inputs`` (query, key, value, w0, w1, wK) replaced:
     what :func:`gfsa.nn.functional.gfsa_attention` passes so that a new kind can be measured."""
