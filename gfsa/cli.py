@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("analyze", help="oversmoothing analysis of a trained run", add_help=False)
     sub.add_parser("export", help="a trained run as a transformers or timm model directory (--help)", add_help=False)
     sub.add_parser(
-        "bench", help="performance benchmarks: attention | models | linear | decode | all (--help)", add_help=False
+        "bench",
+        help="performance benchmarks: attention | models | linear | decode | gpu | all (--help)",
+        add_help=False,
     )
     sub.add_parser(
         "demo-data", help="write tiny offline data for every domain; print a command for each", add_help=False
@@ -148,17 +150,21 @@ def run_main(argv: list[str] | None = None) -> None:
 
 
 BENCHMARKS = ("attention", "models", "linear", "decode")
+CHECKS = ("gpu",)  # `gfsa bench gpu`: the CUDA tests and the benchmarks at GPU sizes (not part of `all`)
 
 
 def bench(argv: list[str]) -> None:
     """``gfsa bench NAME [options]`` runs ``gfsa.ops.bench.NAME``; ``gfsa bench all [--fast] [--out-dir DIR]``
-    runs the three in turn, writing ``DIR/NAME.json``."""
+    runs the benchmarks in turn, writing ``DIR/NAME.json``."""
     import importlib
 
     name, rest = (argv[0], argv[1:]) if argv else (None, [])
+    if name in CHECKS:
+        importlib.import_module(f"gfsa.ops.bench.{name}").main(rest)
+        return
     if name not in (*BENCHMARKS, "all"):
         print(
-            f"usage: gfsa bench {{{','.join(BENCHMARKS)},all}} [options]   (gfsa bench NAME --help)\n"
+            f"usage: gfsa bench {{{','.join((*BENCHMARKS, *CHECKS))},all}} [options]   (gfsa bench NAME --help)\n"
             "all: [--fast] [--out-dir DIR]; see docs/performance.md",
             file=sys.stderr if name not in ("-h", "--help") else sys.stdout,
         )

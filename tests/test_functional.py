@@ -7,6 +7,7 @@ the library's expansion ``w0·V + A·(c1·V + c2·A·V)`` cannot hide in both.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -324,14 +325,15 @@ def test_gfsa_apply_dropout_orders_differ_and_zero_dropout_agrees():
 
 
 @pytest.mark.parametrize("is_causal", [False, True])
-def test_auto_picks_the_faster_exact_path_by_length_and_materialized_with_dropout(monkeypatch, is_causal):
-    """CPU without dropout: explicit-A blocks up to the measured crossover length, the flash kernel above."""
+def test_auto_picks_the_table_path_by_length_and_materialized_with_dropout(monkeypatch, is_causal):
+    """Without dropout: explicit-A blocks up to the table's length, the flash kernel above (float64 uses
+    the fp32 entries); with attention dropout always materialized (the official semantics need A)."""
     B, H, L, D = 2, 3, 8, 4
     q, k, v = rand(B, H, L, D), rand(B, H, L, D), rand(B, H, L, D)
     args = (q, k, v, 0.1, 1.0, rand(H), 3)
-    kind = "causal" if is_causal else "full"
+    entry = ("cpu", "fp32", "causal" if is_causal else "full")
     for limit, expected in ((L, "materialized"), (L - 1, "fused")):
-        monkeypatch.setitem(kernels.AUTO_EXPLICIT_MAX_LEN["fp32"], kind, limit)
+        monkeypatch.setitem(kernels.AUTO_EXPLICIT_MAX_LEN, entry, {D: limit})
         auto = gfsa_attention(*args, is_causal=is_causal, impl="auto")
         assert torch.equal(auto, gfsa_attention(*args, is_causal=is_causal, impl=expected)), limit
     results = {}
@@ -343,22 +345,145 @@ def test_auto_picks_the_faster_exact_path_by_length_and_materialized_with_dropou
     assert not torch.allclose(results["fused"], results["materialized"])
 
 
-def test_auto_crossover_depends_on_dtype_and_causality(monkeypatch):
-    """bf16/fp16 use their own (shorter) crossover; fp64 uses the fp32 one; other devices always fuse."""
-    monkeypatch.setitem(kernels.AUTO_EXPLICIT_MAX_LEN, "fp32", {"full": 64, "causal": 16})
-    monkeypatch.setitem(kernels.AUTO_EXPLICIT_MAX_LEN, "half", {"full": 32, "causal": 16})
-    for dtype, L, is_causal, expected in [
-        (torch.float32, 48, False, "materialized"),
-        (F64, 48, False, "materialized"),
-        (torch.bfloat16, 48, False, "fused"),
-        (torch.float16, 32, False, "materialized"),
-        (torch.float32, 48, True, "fused"),
-        (torch.float32, 80, False, "fused"),
+def test_auto_table_by_device_precision_causality_and_head_size(monkeypatch):
+    """Each (device, precision, attention) entry has its own lengths per head size (the nearest listed
+    one); fp64 uses fp32's, autocast's dtype counts for fp32 inputs, a device not listed always fuses."""
+    table = {
+        ("cpu", "fp32", "full"): {64: 100, 128: 300},
+        ("cpu", "fp32", "causal"): {64: 20},
+        ("cpu", "bf16", "full"): {64: 40},
+        ("cpu", "fp16", "full"): {64: 60},
+    }
+    monkeypatch.setattr(kernels, "AUTO_EXPLICIT_MAX_LEN", table)
+    for dtype, L, d, is_causal, expected in [
+        (torch.float32, 100, 64, False, "materialized"),
+        (torch.float32, 101, 64, False, "fused"),
+        (torch.float32, 200, 128, False, "materialized"),
+        (torch.float32, 200, 256, False, "materialized"),  # nearest listed head size: 128
+        (torch.float32, 200, 32, False, "fused"),  # nearest: 64
+        (torch.float32, 200, 90, False, "fused"),  # between: the nearer one (64)
+        (F64, 100, 64, False, "materialized"),
+        (torch.float32, 21, 64, True, "fused"),
+        (torch.float32, 20, 128, True, "materialized"),  # a single listed head size serves all
+        (torch.bfloat16, 48, 64, False, "fused"),
+        (torch.float16, 48, 64, False, "materialized"),
+        (torch.bfloat16, 4, 64, True, "fused"),  # no (cpu, bf16, causal) entry
     ]:
-        q = torch.zeros(1, 2, L, 8, dtype=dtype)
-        assert kernels.auto_impl(q, 0.0, is_causal) == expected, (dtype, L, is_causal)
-    assert kernels.auto_impl(torch.zeros(1, 2, 48, 8, device="meta"), 0.0, False) == "fused"
-    assert kernels.auto_impl(torch.zeros(1, 2, 4096, 8), 0.1, False) == "materialized"  # dropout
+        q = torch.zeros(1, 2, L, d, dtype=dtype)
+        assert kernels.table_impl(q, is_causal) == expected, (dtype, L, d, is_causal)
+        assert kernels.auto_impl(q, 0.0, is_causal) == expected, (dtype, L, d, is_causal)
+    q = torch.zeros(1, 2, 48, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 inputs computed in bf16: bf16's entry
+        assert kernels.auto_impl(q) == "fused"
+    assert kernels.auto_impl(q) == "materialized"
+    assert kernels.auto_impl(torch.zeros(1, 2, 48, 64, device="meta")) == "fused"
+    assert kernels.auto_impl(torch.zeros(1, 2, 4096, 64), dropout_p=0.1) == "materialized"
+
+
+def test_default_table_sends_long_full_attention_to_the_flash_kernel():
+    """fp32 full attention at 2048 tokens: fused (materialized was 20–50% slower there), 1024: materialized."""
+    for L, expected in ((512, "materialized"), (1024, "materialized"), (2048, "fused"), (4096, "fused")):
+        assert kernels.table_impl(torch.empty(1, 1, L, 64)) == expected, L
+    assert kernels.table_impl(torch.empty(1, 1, 1024, 64), is_causal=True) == "fused"
+    assert kernels.table_impl(torch.empty(1, 1, 512, 64, dtype=torch.bfloat16), is_causal=True) == "materialized"
+
+
+@pytest.fixture
+def autotuning(monkeypatch):
+    """Measuring on, from a clean slate, restored afterwards."""
+    monkeypatch.delenv(kernels.AUTOTUNE_ENV, raising=False)
+    monkeypatch.delenv(kernels.AUTOTUNE_CACHE_ENV, raising=False)
+    kernels.autotune_reset()
+    previous = kernels.autotune(True)
+    yield
+    kernels.autotune(previous)
+    monkeypatch.setattr(kernels, "_autotune", None)
+    kernels.autotune_reset()
+
+
+def _call(L=24, H=2, grad=True, coef=None, **kw):
+    torch.manual_seed(L)
+    q, k, v = (torch.randn(1, H, L, 8, requires_grad=grad) for _ in range(3))
+    wK = torch.full((H,), 0.2, requires_grad=grad) if coef is None else coef
+    return (q, k, v, 0.0, 1.0, wK, 3), kw
+
+
+def test_autotune_measures_each_kind_once_and_takes_the_faster_path(autotuning):
+    args, _ = _call()
+    out = gfsa_attention(*args)
+    choices = kernels.autotune_choices()
+    assert list(choices) == ["cpu|float32|full|8|32|tensor|train"]
+    (choice,) = choices.values()
+    assert choice["fused_ms"] > 0 and choice["materialized_ms"] > 0
+    assert choice["impl"] == min(("fused", "materialized"), key=lambda i: choice[f"{i}_ms"])
+    assert torch.equal(out, gfsa_attention(*args, impl=choice["impl"]))
+    q, k, v, _, _, wK, _ = args
+    assert all(t.grad is None for t in (q, k, v, wK))  # measured on detached copies
+    out.sum().backward()
+    assert all(t.grad is not None for t in (q, k, v, wK))
+
+    gfsa_attention(*_call(L=30)[0])  # same bucket (≤ 32 tokens): no new measurement
+    assert kernels.autotune_choices() == choices
+    with torch.no_grad():
+        gfsa_attention(*args)  # forward only: its own kind
+    gfsa_attention(*_call(coef=0.2)[0])  # plain-number coefficients
+    gfsa_attention(*args, is_causal=True)
+    gfsa_attention(*args, attn_mask=torch.ones(24, 24, dtype=torch.bool))
+    gfsa_attention(*_call(L=40)[0])
+    assert set(kernels.autotune_choices()) == {
+        "cpu|float32|full|8|32|tensor|train",
+        "cpu|float32|full|8|32|tensor|infer",
+        "cpu|float32|full|8|32|number|train",
+        "cpu|float32|causal|8|32|tensor|train",
+        "cpu|float32|mask|8|32|tensor|train",
+        "cpu|float32|full|8|64|tensor|train",
+    }
+    q, k, v, w0, w1, wK, _ = args
+    assert kernels.auto_impl(q, 0.0, False, None, (w0, w1, wK), inputs=args) == choice["impl"]
+    kernels.autotune(False)  # off: the table again, nothing measured
+    gfsa_attention(*_call(L=100)[0])
+    assert len(kernels.autotune_choices()) == 6
+    assert kernels.auto_impl(q, 0.0, False, None, (w0, w1, wK), inputs=args) == kernels.table_impl(q)
+
+
+def test_autotune_from_the_environment_keeps_choices_in_a_cache_file(autotuning, monkeypatch, tmp_path):
+    kernels.autotune_reset()
+    monkeypatch.setattr(kernels, "_autotune", None)  # as a fresh process: the environment decides
+    cache = tmp_path / "autotune.json"
+    monkeypatch.setenv(kernels.AUTOTUNE_ENV, "1")
+    monkeypatch.setenv(kernels.AUTOTUNE_CACHE_ENV, str(cache))
+    args, _ = _call()
+    gfsa_attention(*args)
+    data = json.loads(cache.read_text())
+    assert data["format"] == "gfsa-autotune/1"
+    (key,) = data["entries"]
+    assert key.startswith("cpu|float32|full|8|32|tensor|train @ ") and f"torch {torch.__version__}" in key
+    assert f"{torch.get_num_threads()} threads" in key  # a file from other hardware or threads does not apply
+
+    # A later process reads the file instead of measuring: make the file say the other path.
+    other = "fused" if data["entries"][key]["impl"] == "materialized" else "materialized"
+    data["entries"][key] = {"impl": other, "fused_ms": None, "materialized_ms": None}
+    cache.write_text(json.dumps(data))
+    kernels.autotune_reset()
+    assert torch.equal(gfsa_attention(*args), gfsa_attention(*args, impl=other))
+    assert kernels.autotune_choices()[key.split(" @ ")[0]]["impl"] == other
+
+    cache.write_text("not json")  # unreadable: one warning, then measured as without a file
+    kernels.autotune_reset()
+    with pytest.warns(UserWarning, match="GFSA_AUTOTUNE_CACHE=.*not read"):
+        gfsa_attention(*args)
+    assert kernels.autotune_choices()["cpu|float32|full|8|32|tensor|train"]["fused_ms"] > 0
+    monkeypatch.setenv(kernels.AUTOTUNE_ENV, "0")
+    assert not kernels.autotune_enabled()
+
+
+def test_autotune_never_measures_while_torch_compile_traces(autotuning):
+    args, _ = _call(grad=False)
+    compiled = torch.compile(lambda *a: gfsa_attention(*a), backend="eager", fullgraph=True)
+    torch._dynamo.reset()
+    out = compiled(*args)
+    assert kernels.autotune_choices() == {}
+    assert torch.equal(out, gfsa_attention(*args, impl=kernels.table_impl(args[0])))
 
 
 @pytest.mark.parametrize("K", [0, -1, 0.5, True, "3"])

@@ -24,6 +24,10 @@ class GFSACoefficients(nn.Module):
 
     ``shared_layers`` is set for modules shared by several layers (ALBERT): the filter is applied only
     on those calls (counted since the last :func:`reset_call_counters`), with shared coefficients.
+
+    ``kernel`` is the function :func:`apply_gfsa` computes GFSA with (``gfsa_attention``'s signature);
+    None is :func:`gfsa.nn.functional.gfsa_attention`. A seam for benchmarks and experiments (the
+    benchmarks' official ``A @ A`` formulation plugs in here), not a setting: never saved or configured.
     """
 
     def __init__(self, num_heads: int, settings: GFSASettings, layer: int | None = None, cross: bool = False):
@@ -40,6 +44,7 @@ class GFSACoefficients(nn.Module):
         self.cross = cross
         self.shared_layers: list[int] | None = None
         self.calls = 0
+        self.kernel = None
 
     def extra_repr(self) -> str:
         learn = [n for n, _ in self.named_parameters(recurse=False)]
@@ -96,7 +101,7 @@ def apply_gfsa(
         )
         return _hooked(module, out, value, attn_mask, is_causal)
     s = g.settings
-    out = gfsa_attention(
+    out = (g.kernel or gfsa_attention)(
         query,
         key,
         value,

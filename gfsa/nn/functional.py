@@ -15,8 +15,9 @@ against the naive formula (float64 gradcheck):
   recomputes it above (then O(n·d) saved memory); with dropout, for the whole batch, as the official
   code's dropout semantics need.
 - ``auto``: ``materialized`` with attention dropout (exact official semantics); otherwise the faster
-  of the two for the shape: on CPU the explicit blocks up to 2048 tokens (1024 in bf16/fp16; 512
-  causal) and the flash kernel above (crossover measured on a 2-core CPU: docs/performance.md), on GPU ``fused``.
+  of the two for the shape, from a table (``kernels.AUTO_EXPLICIT_MAX_LEN``: on CPU the explicit blocks
+  up to 1024 tokens, 512 causal, the flash kernel above; on GPU ``fused``), or measured on first use
+  with ``GFSA_AUTOTUNE=1`` / ``gfsa.nn.kernels.autotune(True)`` (docs/performance.md).
 
 ``gfsa_linear_attention`` is GFSA on Efficient Attention (a linear Transformer), O(n·d²).
 
@@ -151,8 +152,15 @@ def gfsa_attention(
         return F.scaled_dot_product_attention(
             query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
         )
-    if impl == "auto":
-        impl = auto_impl(query, dropout_p, is_causal) if square else "materialized"
+    if impl == "auto" and not square:
+        impl = "materialized"
+    elif impl == "auto":
+
+        def run(path, q, k, v, w0, w1, wK):  # what autotune times: this call on the path given
+            return gfsa_attention(q, k, v, w0, w1, wK, K, attn_mask, is_causal, scale, dropout_p, path)
+
+        inputs = (query, key, value, w0, w1, wK)
+        impl = auto_impl(query, dropout_p, is_causal, attn_mask, (w0, w1, wK), run=run, inputs=inputs)
     if not square or (impl == "materialized" and dropout_p > 0):
         A = attention_probs(query, key, attn_mask, is_causal, scale)
         return gfsa_apply(

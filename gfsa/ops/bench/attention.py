@@ -1,4 +1,5 @@
-"""Forward+backward time and peak memory: SDPA vs GFSA (fused, materialized, auto) vs the official GFSA code.
+"""Forward+backward time and peak memory: SDPA vs GFSA (fused, materialized, auto) vs the official GFSA code,
+and (``--grid``) the crossover table of ``impl="auto"``.
 
 Why: GFSA should cost about one extra attention pass and O(n) extra memory, against the official
 code's explicit ``A @ A`` (O(n³) time, several n×n temporaries). This measures it, after checking
@@ -7,33 +8,47 @@ kernel directly, two passes sharing one logsumexp); ``materialized`` (no dropout
 of heads and recomputes it in the backward; ``auto`` is whichever of the two gfsa_attention picks for
 the shape (its column repeats that one's numbers).
 
-    python benchmarks/attention.py                                  # CPU, fp32, n = 256 … 4096
-    python benchmarks/attention.py --lengths 1024 --out bench.json
-    python benchmarks/attention.py --causal                         # GPT-2-style causal attention
-    python benchmarks/attention.py --device cuda --dtype bf16       # half precision runs under autocast
-    python benchmarks/attention.py --fast                           # smoke test: tiny n, 1 repetition
+    gfsa bench attention                                  # CPU, fp32, n = 256 … 4096
+    gfsa bench attention --lengths 1024 --out bench.json
+    gfsa bench attention --causal                         # GPT-2-style causal attention
+    gfsa bench attention --device cuda --dtype bf16       # half precision runs under autocast
+    gfsa bench attention --grid --out grid.json           # fused vs materialized over lengths, head sizes,
+                                                          # dtypes, causal/full: prints AUTO_EXPLICIT_MAX_LEN
+    gfsa bench attention --fast                           # smoke test: tiny n, 1 repetition
 
-Peak memory counts the inputs (q, k, v, grad_out); ``extra`` is the part above them.
+Peak memory counts the inputs (q, k, v, grad_out); ``extra`` is the part above them. Times are medians
+with ± half their min–max range; ratios are medians of side-by-side ratios with their [min–max].
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import itertools
 
 import torch
 import torch.nn.functional as F
 from rich.table import Table
 
-from gfsa.nn.functional import auto_impl, gfsa_attention
+from gfsa.nn import kernels
+from gfsa.nn.functional import gfsa_attention
 from gfsa.ops.bench.common import (
     DTYPES,
     MIB,
+    Counted,
+    Noise,
     add_common_args,
+    check_official_ran,
     console,
     environment,
     finish,
     fmt,
+    fmt_ms,
+    fmt_spread,
     interleaved,
+    md_environment,
+    md_noise,
+    md_table,
     official_gfsa_attention,
     peak_bytes,
     ratio,
@@ -42,7 +57,10 @@ from gfsa.ops.bench.common import (
 )
 
 IMPLS = ("sdpa", "fused", "materialized", "official")
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+PATHS = ("fused", "materialized")  # the exact paths auto chooses between
 AGREE_TOL = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 2e-2}
+BEHIND_LIMIT = 1.10  # auto's path more than 10% slower than the faster path: the table needs changing
 
 
 def estimate_bytes(impl: str, B: int, H: int, n: int, d: int, itemsize: int) -> int:
@@ -57,13 +75,16 @@ def estimate_bytes(impl: str, B: int, H: int, n: int, d: int, itemsize: int) -> 
 
 
 class Bench:
-    """Inputs of one sequence length and the runners on them."""
+    """Inputs of one shape and the runners on them."""
 
-    def __init__(self, args, n: int):
+    def __init__(self, args, n: int, head_dim: int | None = None, dtype: str | None = None, causal=None):
         self.args, self.n = args, n
-        self.device, self.dtype = torch.device(args.device), DTYPES[args.dtype]
+        self.head_dim = head_dim or args.head_dim
+        self.dtype_name = dtype or args.dtype
+        self.causal = args.causal if causal is None else causal
+        self.device, self.dtype = torch.device(args.device), DTYPES[self.dtype_name]
         gen = torch.Generator().manual_seed(n)
-        shape = (args.batch, args.heads, n, args.head_dim)
+        shape = (args.batch, args.heads, n, self.head_dim)
 
         def randn(*s):
             return torch.randn(*s, generator=gen).to(self.device, self.dtype)
@@ -73,21 +94,33 @@ class Bench:
         # Learnable per-head wK in fp32 as the official models hold it; nonzero so the A² term counts.
         self.wK = (0.1 * torch.randn(args.heads, generator=gen)).to(self.device).requires_grad_()
         self.input_bytes = sum(t.numel() * t.element_size() for t in (self.q, self.k, self.v, self.grad_out, self.wK))
-        self.auto = auto_impl(self.q, 0.0, args.causal)
+        self.official = Counted(official_gfsa_attention)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
     def forward(self, impl: str):
-        a, c = self.args, self.args.causal
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+        a, c = self.args, self.causal
+        with self._autocast():
             if impl == "sdpa":
                 return F.scaled_dot_product_attention(self.q, self.k, self.v, is_causal=c)
             if impl == "official":
-                return official_gfsa_attention(self.q, self.k, self.v, a.w0, 1.0, self.wK, a.K, is_causal=c)
+                return self.official(self.q, self.k, self.v, a.w0, 1.0, self.wK, a.K, is_causal=c)
             return gfsa_attention(self.q, self.k, self.v, a.w0, 1.0, self.wK, a.K, is_causal=c, impl=impl)
 
     def step(self, impl: str) -> None:
         self.forward(impl).backward(self.grad_out)
         for t in (self.q, self.k, self.v, self.wK):
             t.grad = None
+
+    def auto_path(self) -> str:
+        """The path ``impl="auto"`` takes for this training call (with autotune on: measured by one call)."""
+        if kernels.autotune_enabled():
+            self.step("auto")
+        coefs = (self.args.w0, 1.0, self.wK)
+        inputs = (self.q, self.k, self.v, *coefs)
+        with self._autocast():
+            return kernels.auto_impl(self.q, 0.0, self.causal, None, coefs, inputs=inputs)
 
     @torch.no_grad()
     def max_abs_diffs(self, impls: list[str]) -> dict[str, float]:
@@ -96,15 +129,20 @@ class Bench:
         return {impl: (self.forward(impl).float() - ref).abs().max().item() for impl in impls if impl != "sdpa"}
 
 
-def run_length(args, n: int, out) -> dict:
-    bench = Bench(args, n)
+def _cells(args, bench: Bench, impls) -> dict:
     itemsize = bench.q.element_size()
     cells = {}
-    for impl in IMPLS:
-        est = estimate_bytes(impl, args.batch, args.heads, n, args.head_dim, itemsize)
+    for impl in impls:
+        est = estimate_bytes(impl, args.batch, args.heads, bench.n, bench.head_dim, itemsize)
         too_big = est > args.max_mem_gb * 2**30
         skipped = f"est. {est / 2**30:.1f} GiB > --max-mem-gb {args.max_mem_gb:g}" if too_big else None
         cells[impl] = {"est_gib": est / 2**30, "skipped": skipped, "times_ms": [], "time_ms": None, "cpu_times_ms": []}
+    return cells
+
+
+def run_length(args, n: int, out) -> dict:
+    bench = Bench(args, n)
+    cells = _cells(args, bench, IMPLS)
     active = [impl for impl in IMPLS if not cells[impl]["skipped"]]
 
     diffs = bench.max_abs_diffs(active) if "fused" in active else {}
@@ -123,11 +161,13 @@ def run_length(args, n: int, out) -> dict:
     )
     for impl, cell in timed.items():
         cells[impl].update(cell)
+    if "official" in active:
+        cells["official"]["calls"] = check_official_ran(bench.official, f"n={n}")
 
     def peak_ratio(a: str, b: str, key: str = "peak_mib"):
         return ratio(cells[a].get(key), cells[b].get(key))
 
-    auto = bench.auto
+    auto = bench.auto_path()
     row = {
         "n": n,
         "impls": cells,
@@ -153,18 +193,46 @@ def run_length(args, n: int, out) -> dict:
     return row
 
 
-def cell_text(cell: dict, key: str, spec: str = ".0f") -> str:
-    return "skipped" if cell["skipped"] else fmt(cell.get(key), spec)
+RATIOS = {  # table column: (numerator, denominator) of side-by-side time ratios
+    "fused/sdpa": ("fused", "sdpa"),
+    "mat./sdpa": ("materialized", "sdpa"),
+    "auto/sdpa": ("auto", "sdpa"),
+    "official/auto": ("official", "auto"),
+}
 
 
-def tables(rows: list[dict], config: dict, env: dict) -> list[Table]:
-    caption = (
+def add_spreads(rows: list[dict], noise: Noise) -> None:
+    """Each cell's and each table ratio's spread, into the rows (JSON) and ``noise``."""
+    for row in rows:
+        cells = row["impls"]
+        for impl, cell in cells.items():
+            cell["spread"] = noise.check(f"n={row['n']} {impl}", cell["times_ms"])
+        named = {**cells, "auto": cells[row["auto_impl"]]}
+        row["ratio_spread"] = {
+            col: noise.ratio(f"n={row['n']} {col}", named[a], named[b]) for col, (a, b) in RATIOS.items()
+        }
+
+
+def _time(cell: dict) -> str:
+    return "skipped" if cell["skipped"] else fmt_ms(cell.get("spread"))
+
+
+def caption_of(config: dict, env: dict) -> str:
+    return (
         f"B={config['batch']} H={config['heads']} d={config['head_dim']} K={config['K']}"
         f"{' causal' if config['causal'] else ''} {env['dtype']} {env['device']} ({env['threads']} threads), "
-        f"torch {env['torch']}; auto = the path gfsa_attention(impl='auto') takes"
+        f"torch {env['torch']}, {config['repeats']} repetitions; auto = the path gfsa_attention(impl='auto') takes"
     )
-    t = Table(title="Forward+backward time, median ms (ratios: medians of side-by-side ratios)", caption=caption)
-    cols = ("n", *IMPLS, "auto", "fused/sdpa", "mat./sdpa", "auto/sdpa", "official/auto", "(CPU time)", "max|Δ|")
+
+
+def tables(rows: list[dict], config: dict, env: dict, noise: Noise) -> list[Table]:
+    add_spreads(rows, noise)
+    caption = caption_of(config, env)
+    t = Table(
+        title="Forward+backward time, median ms ±half range; ratios: median of side-by-side ratios \\[min–max]",
+        caption=caption,
+    )
+    cols = ("n", *IMPLS, "auto", *RATIOS, "(CPU time)", "max|Δ|")
     for col in cols:
         t.add_column(col, justify="right", no_wrap=True)
     m = Table(title="Peak memory, MiB: inputs included (extra above inputs)", caption=caption)
@@ -176,12 +244,9 @@ def tables(rows: list[dict], config: dict, env: dict) -> list[Table]:
         diffs = [c["max_abs_diff"] for c in cells.values() if c.get("max_abs_diff") is not None]
         t.add_row(
             str(row["n"]),
-            *(cell_text(cells[i], "time_ms", ".1f") for i in IMPLS),
+            *(_time(cells[i]) for i in IMPLS),
             row["auto_impl"][:5] + ".",
-            fmt(r["fused_over_sdpa_time"], ".2f", "×"),
-            fmt(r["materialized_over_sdpa_time"], ".2f", "×"),
-            fmt(r["auto_over_sdpa_time"], ".2f", "×"),
-            fmt(r["official_over_auto_time"], ".1f", "×"),
+            *(fmt_spread(row["ratio_spread"][col], ".1f" if col == "official/auto" else ".2f") for col in RATIOS),
             f"{fmt(r['auto_over_sdpa_cpu_time'], '.2f', '×')} {fmt(r['official_over_auto_cpu_time'], '.1f', '×')}",
             fmt(max(diffs) if diffs else None, ".1e"),
         )
@@ -201,8 +266,274 @@ def tables(rows: list[dict], config: dict, env: dict) -> list[Table]:
     return [t, m]
 
 
+def markdown(result: dict) -> str:
+    """The operator tables as Markdown (what `gfsa bench gpu` writes for docs/performance.md)."""
+    if "grid" in result:
+        return markdown_grid(result)
+    config, env = result["config"], result["environment"]
+    rows = []
+    for row in result["rows"]:
+        cells, spreads = row["impls"], row["ratio_spread"]
+        rows.append(
+            [
+                row["n"],
+                *(_time(cells[i]) for i in IMPLS),
+                row["auto_impl"],
+                *(fmt_spread(spreads[col], ".1f" if col == "official/auto" else ".2f") for col in RATIOS),
+                *(
+                    "skipped" if cells[i]["skipped"] else f"{cells[i]['peak_mib']:.0f}"
+                    for i in ("sdpa", "fused", "official")
+                ),
+            ]
+        )
+    headers = ["n", *(f"{i} ms" for i in IMPLS), "auto", *RATIOS, "peak MiB sdpa", "fused", "official"]
+    parts = [
+        f"Operator, forward+backward: {caption_of(config, env)}. {md_environment(env)}.",
+        "",
+        md_table(headers, rows),
+    ]
+    if config.get("stopped"):
+        parts += ["", f"> {config['stopped']}"]
+    if md_noise(result):
+        parts += ["", md_noise(result)]
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- the crossover grid (--grid)
+
+
+def run_grid_cell(args, n: int, d: int, dtype: str, causal: bool, out, progress: str = "") -> dict:
+    """fused vs materialized for one shape, timed side by side, and the path auto takes there."""
+    bench = Bench(args, n, head_dim=d, dtype=dtype, causal=causal)
+    cells = _cells(args, bench, PATHS)
+    where = {"n": n, "head_dim": d, "dtype": dtype, "causal": causal}
+    skipped = [c["skipped"] for c in cells.values() if c["skipped"]]
+    if skipped:
+        out.log(f"{progress} n={n} d={d} {dtype}{' causal' if causal else ''}: skipped, {skipped[0]}")
+        return {**where, "impls": cells, "skipped": skipped[0]}
+    diff = bench.max_abs_diffs(list(PATHS))["materialized"]
+    if diff > AGREE_TOL[dtype]:  # recorded, and the rest of the grid still runs (the table ignores the cell)
+        reason = f"materialized and fused disagree: max |Δ| {diff:.2e} > {AGREE_TOL[dtype]:g}"
+        out.log(f"{progress} n={n} d={d} {dtype}{' causal' if causal else ''}: NOT TIMED, {reason}")
+        return {**where, "impls": cells, "skipped": reason, "max_abs_diff": diff}
+    timed = interleaved({i: lambda i=i: bench.step(i) for i in PATHS}, args.repeats, args.warmup, bench.device)
+    for impl, cell in timed.items():
+        cells[impl].update(cell)
+    auto = bench.auto_path()
+    fused, mat = cells["fused"]["time_ms"], cells["materialized"]["time_ms"]
+    row = {
+        **where,
+        "impls": cells,
+        "skipped": None,
+        "max_abs_diff": diff,
+        "auto_impl": auto,
+        "materialized_over_fused": time_ratio(cells["materialized"], cells["fused"]),
+        "auto_over_best": cells[auto]["time_ms"] / min(fused, mat),
+    }
+    out.log(
+        f"{progress} n={n} d={d} {dtype}{' causal' if causal else ''}: fused {fused:.1f} ms, materialized {mat:.1f} ms "
+        f"(auto: {auto})"
+    )
+    return row
+
+
+def faster(spread: dict | None) -> str:
+    """Which path is faster, from the range of per-repetition materialized/fused ratios."""
+    if spread is None:
+        return "—"
+    if spread["max"] < 1:
+        return "materialized"
+    if spread["min"] > 1:
+        return "fused"
+    return "either (noise)"
+
+
+def suggest(rows: list[dict], device: str) -> list[dict]:
+    """Per (precision, attention, head size): the longest length to give ``materialized`` (0: always fused)
+    that keeps the chosen path's worst slowdown against the faster path smallest over the lengths measured
+    (ties: the shorter, i.e. fused, which needs less memory)."""
+    out = []
+    groups = itertools.groupby(
+        sorted((r for r in rows if not r["skipped"]), key=lambda r: (r["dtype"], r["causal"], r["head_dim"], r["n"])),
+        key=lambda r: (r["dtype"], r["causal"], r["head_dim"]),
+    )
+    for (dtype, causal, d), group in groups:
+        group = list(group)
+        ratios = {r["n"]: r["materialized_over_fused"] for r in group}
+
+        candidates = [0, *sorted(ratios)]
+        best = min(candidates, key=lambda limit, r=ratios: (round(_worst(r, limit)[0], 2), limit))
+        behind, at = _worst(ratios, best)
+        out.append(
+            {
+                "key": [device, kernels.precision(DTYPES[dtype]), "causal" if causal else "full"],
+                "head_dim": d,
+                "max_len": best,
+                "worst_behind": behind,
+                "worst_at": at,
+                "within_limit": behind <= BEHIND_LIMIT,
+            }
+        )
+    return out
+
+
+def _worst(ratios: dict[int, float], limit: int) -> tuple[float, int]:
+    """How far behind the faster path the choice "materialized up to ``limit``" is at its worst length
+    (``ratios``: materialized/fused time by length), and that length."""
+    return max((max(x, 1.0) if n <= limit else max(1 / x, 1.0), n) for n, x in ratios.items())
+
+
+def table_python(suggested: list[dict], env: dict, config: dict) -> str:
+    """The suggested table as the Python of gfsa/nn/kernels.py's AUTO_EXPLICIT_MAX_LEN."""
+    entries: dict[tuple, dict[int, int]] = {}
+    for s in suggested:
+        entries.setdefault(tuple(s["key"]), {})[s["head_dim"]] = s["max_len"]
+    where = env.get("gpu") or f"{env['cpu']}, {env['threads']} threads"
+    header = (
+        f"# gfsa bench attention --grid on {env['device']} ({where}), torch {env['torch']}, B={config['batch']} "
+        f"H={config['heads']}, {config['repeats']} repetitions, {datetime.date.today().isoformat()}"
+    )
+    lines = [header, "AUTO_EXPLICIT_MAX_LEN = {"]
+    for key, row in entries.items():
+        lines.append(f"    {key!r}: {{{', '.join(f'{d}: {n}' for d, n in sorted(row.items()))}}},")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def grid_tables(result: dict, noise: Noise) -> list[Table]:
+    config, env = result["config"], result["environment"]
+    t = Table(
+        title="auto's crossover: forward+backward ms (median ±half range), materialized/fused \\[min–max], faster path",
+        caption=(
+            f"B={config['batch']} H={config['heads']} K={config['K']}, per-head learnable wK, {env['device']} "
+            f"({env['threads']} threads), torch {env['torch']}, {config['repeats']} repetitions; "
+            f"auto/best > {BEHIND_LIMIT:.2f}: the table sends auto the slower way"
+        ),
+    )
+    for col in ("dtype", "attention", "d", "n", "fused", "materialized", "mat./fused", "faster", "auto", "auto/best"):
+        t.add_column(col, justify="right", no_wrap=True)
+    for row in result["grid"]:
+        what = f"{row['dtype']} {'causal' if row['causal'] else 'full'} d={row['head_dim']} n={row['n']}"
+        cells = row["impls"]
+        if row["skipped"]:
+            t.add_row(row["dtype"], "causal" if row["causal"] else "full", str(row["head_dim"]), str(row["n"]),
+                      "skipped", "skipped", "—", "—", "—", row["skipped"])  # fmt: skip
+            continue
+        for impl in PATHS:
+            cells[impl]["spread"] = noise.check(f"{what} {impl}", cells[impl]["times_ms"])
+        row["ratio_spread"] = noise.ratio(f"{what} mat./fused", cells["materialized"], cells["fused"])
+        row["faster"] = faster(row["ratio_spread"])
+        behind = row["auto_over_best"]
+        t.add_row(
+            row["dtype"],
+            "causal" if row["causal"] else "full",
+            str(row["head_dim"]),
+            str(row["n"]),
+            fmt_ms(cells["fused"]["spread"]),
+            fmt_ms(cells["materialized"]["spread"]),
+            fmt_spread(row["ratio_spread"]),
+            row["faster"],
+            row["auto_impl"],
+            f"{behind:.2f}×" + (" !" if behind > BEHIND_LIMIT else ""),
+        )
+    s = Table(title="Suggested AUTO_EXPLICIT_MAX_LEN entries (materialized up to max_len tokens, fused above)")
+    for col in ("entry", "head size", "max_len", "worst: behind the faster path", "at n"):
+        s.add_column(col, justify="right", no_wrap=True)
+    for e in result["suggested"]:
+        s.add_row(
+            str(tuple(e["key"])),
+            str(e["head_dim"]),
+            str(e["max_len"]),
+            f"{e['worst_behind']:.2f}×"
+            + ("" if e["within_limit"] else f" (> {BEHIND_LIMIT:.2f}: no single crossover)"),
+            str(e["worst_at"]),
+        )
+    return [t, s]
+
+
+def markdown_grid(result: dict) -> str:
+    config, env = result["config"], result["environment"]
+    rows = []
+    for row in result["grid"]:
+        cells = row["impls"]
+        head = [row["dtype"], "causal" if row["causal"] else "full", row["head_dim"], row["n"]]
+        if row["skipped"]:
+            rows.append([*head, "skipped", "skipped", "—", "—", "—", row["skipped"]])
+            continue
+        rows.append(
+            [
+                *head,
+                fmt_ms(cells["fused"].get("spread")),
+                fmt_ms(cells["materialized"].get("spread")),
+                fmt_spread(row.get("ratio_spread")),
+                row.get("faster", "—"),
+                row["auto_impl"],
+                f"{row['auto_over_best']:.2f}×" + (" !" if row["auto_over_best"] > BEHIND_LIMIT else ""),
+            ]
+        )
+    headers = [
+        "dtype",
+        "attention",
+        "d",
+        "n",
+        "fused ms",
+        "materialized ms",
+        "mat./fused",
+        "faster",
+        "auto",
+        "auto/best",
+    ]
+    title = (
+        f"`impl='auto'` crossover (`gfsa bench attention --grid`), B={config['batch']} H={config['heads']}, "
+        f"{config['repeats']} repetitions. {md_environment(env)}."
+    )
+    parts = [
+        title,
+        "",
+        md_table(headers, rows),
+        "",
+        "Suggested table:",
+        "",
+        "```python",
+        result["suggested_python"],
+        "```",
+    ]
+    if md_noise(result):
+        parts += ["", md_noise(result)]
+    return "\n".join(parts)
+
+
+def grid_main(args, out) -> dict:
+    config = {k: getattr(args, k) for k in ("batch", "heads", "K", "w0", "repeats", "warmup", "max_mem_gb")}
+    config.update(device=args.device, lengths=args.lengths, head_dims=args.head_dims, dtypes=args.dtypes, grid=True)
+    config["autotune"] = kernels.autotune_enabled()
+    env = environment(args)
+    env["dtype"] = "/".join(args.dtypes)
+    cells = list(itertools.product(args.dtypes, (False, True), args.head_dims, args.lengths))
+    rows = []
+    for i, (dtype, causal, d, n) in enumerate(cells, 1):
+        try:
+            rows.append(run_grid_cell(args, n, d, dtype, causal, out, f"({i}/{len(cells)})"))
+        except OUT_OF_MEMORY:  # the cell is left out; the other cells still count
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            where = {"n": n, "head_dim": d, "dtype": dtype, "causal": causal}
+            rows.append({**where, "impls": {}, "skipped": "out of memory"})
+            out.log(f"({i}/{len(cells)}) n={n} d={d} {dtype}{' causal' if causal else ''}: out of memory")
+    result = {"config": config, "environment": env, "grid": rows}
+    result["suggested"] = suggest(rows, torch.device(args.device).type)
+    result["suggested_python"] = table_python(result["suggested"], env, config)
+    noise = Noise(args.repeats)
+    tabs = grid_tables(result, noise)
+    result["auto_within_limit"] = all(r["auto_over_best"] <= BEHIND_LIMIT for r in rows if not r["skipped"])
+    result = finish(result, tabs, args, out, noise)
+    out.print("\nSuggested table for gfsa/nn/kernels.py (paste it there; docs/performance.md says how):\n")
+    print(result["suggested_python"])
+    return result
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="gfsa bench attention", description=__doc__.splitlines()[0])
     p.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default 256 512 1024 2048 4096)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--heads", type=int, default=8)
@@ -212,11 +543,25 @@ def parse_args(argv=None):
     p.add_argument("--causal", action="store_true", help="causal attention (GPT-2)")
     p.add_argument("--max-mem-gb", type=float, default=12.0, help="skip cells whose estimated peak exceeds this")
     p.add_argument("--fast", action="store_true", help="smoke test: n = 32, 64 (unless --lengths), one repetition")
+    g = p.add_argument_group("crossover grid")
+    g.add_argument(
+        "--grid",
+        action="store_true",
+        help="fused vs materialized for every length × head size × dtype × causal/full; prints the suggested "
+        "AUTO_EXPLICIT_MAX_LEN (--causal and --dtype are ignored)",
+    )
+    g.add_argument("--head-dims", type=int, nargs="+", default=[64, 128], help="head sizes of the grid")
+    g.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), help="grid dtypes (default fp32 bf16; +fp16 on GPU)")
     add_common_args(p)
     args = p.parse_args(argv)
     if args.fast:
         args.lengths, args.repeats, args.warmup = args.lengths or [32, 64], 1, 1
+        if args.grid:
+            args.head_dims = [8, 16] if args.head_dims == [64, 128] else args.head_dims
+            args.batch, args.heads = 2, 2
     args.lengths = args.lengths or [256, 512, 1024, 2048, 4096]
+    cuda = args.device.startswith("cuda")
+    args.dtypes = args.dtypes or (["fp32", "bf16", "fp16"] if cuda else ["fp32", "bf16"])
     if args.K == int(args.K):
         args.K = int(args.K)
     setup(args, p)
@@ -226,12 +571,22 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     out = console()
+    if args.grid:
+        return grid_main(args, out)
     config = {k: getattr(args, k) for k in ("batch", "heads", "head_dim", "K", "w0", "causal", "repeats", "warmup")}
-    config.update(max_mem_gb=args.max_mem_gb, dtype=args.dtype, device=args.device)
+    config.update(max_mem_gb=args.max_mem_gb, dtype=args.dtype, device=args.device, autotune=kernels.autotune_enabled())
     env = environment(args)
-    rows = [run_length(args, n, out) for n in args.lengths]
+    rows = []
+    for n in args.lengths:
+        try:
+            rows.append(run_length(args, n, out))
+        except OUT_OF_MEMORY:  # longer sequences would not fit either: report the lengths that did
+            config["stopped"] = f"out of memory at n={n}; longer lengths not run"
+            out.log(config["stopped"])
+            break
     result = {"config": config, "environment": env, "implementations": list(IMPLS), "rows": rows}
-    return finish(result, tables(rows, config, env), args, out)
+    noise = Noise(args.repeats)
+    return finish(result, tables(rows, config, env, noise), args, out, noise)
 
 
 if __name__ == "__main__":

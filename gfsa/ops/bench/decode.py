@@ -11,9 +11,10 @@ whole prefix; with them, a token's attention row serves both passes and decoding
 
 At context C: a prompt of C − N tokens, then N greedy tokens (N = --new, default 128, the last one at
 position C); per-token time = (time of generate() − time of the prompt's forward) / N, median of
---repeats, variants interleaved. Without a cache only --uncached-steps tokens are timed (each is a full
-forward over ~C tokens). Goals (docs/performance.md): cached GFSA ≤ 1.3× cached plain, and ≥ 10× faster
-than uncached GFSA at 1024.
+--repeats (default 5: each sample already averages N tokens), variants interleaved, after --warmup
+short rounds. Without a cache only --uncached-steps tokens are timed (each is a full forward over ~C
+tokens). Ratios are medians of side-by-side ratios with their [min–max] (``?``: noise). Goals
+(docs/performance.md): cached GFSA ≤ 1.3× cached plain, and ≥ 10× faster than uncached GFSA at 1024.
 """
 
 from __future__ import annotations
@@ -26,7 +27,21 @@ import torch
 from rich.table import Table
 
 import gfsa
-from gfsa.ops.bench.common import DTYPES, add_common_args, console, environment, finish, fmt, setup, sync
+from gfsa.ops.bench.common import (
+    DTYPES,
+    Noise,
+    add_common_args,
+    console,
+    environment,
+    finish,
+    fmt_spread,
+    md_environment,
+    md_noise,
+    md_table,
+    ratio,
+    setup,
+    sync,
+)
 
 GPT2_SMALL = {"n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257}
 FAST = {"n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 1000}
@@ -91,8 +106,9 @@ def run_context(args, context: int, out) -> dict:
     }
     times = {name: [] for name in models}
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        for name, (model, cached, steps) in models.items():  # warm-up
-            per_token_ms(model, prompt[:, : max(8, prompt.shape[1] // 4)], min(steps, 4), cached, device)
+        for _ in range(args.warmup):
+            for name, (model, cached, steps) in models.items():
+                per_token_ms(model, prompt[:, : max(8, prompt.shape[1] // 4)], min(steps, 4), cached, device)
         for r in range(args.repeats):
             order = list(models)[r % 3 :] + list(models)[: r % 3]
             for name in order:
@@ -107,8 +123,9 @@ def run_context(args, context: int, out) -> dict:
         "per_token_ms": ms,
         "per_token_ms_all": times,
         "spread": {name: (min(t), max(t)) for name, t in times.items()},
-        "gfsa_cached_over_plain_cached": ms["gfsa_cached"] / ms["plain_cached"],
-        "uncached_over_cached_gfsa": ms["gfsa_uncached"] / ms["gfsa_cached"],
+        # None where the denominator came out 0 (generate() no slower than the prompt's forward: noise)
+        "gfsa_cached_over_plain_cached": ratio(ms["gfsa_cached"], ms["plain_cached"]),
+        "uncached_over_cached_gfsa": ratio(ms["gfsa_uncached"], ms["gfsa_cached"]),
     }
     out.print(
         f"context {context}: plain cached {ms['plain_cached']:.1f} ms/token, GFSA cached {ms['gfsa_cached']:.1f}, "
@@ -117,29 +134,58 @@ def run_context(args, context: int, out) -> dict:
     return row
 
 
-def table(rows: list[dict], config: dict) -> Table:
-    t = Table(title=f"Decoding, GPT-2-small architecture ({config['device']}, {config['dtype']}): ms per new token")
-    for col in (
-        "context",
-        "plain, cached",
-        "GFSA, cached",
-        "GFSA, no cache",
-        "cached GFSA / plain",
-        "no cache / cached",
-    ):
+VARIANTS = ("plain_cached", "gfsa_cached", "gfsa_uncached")
+RATIOS = {  # (numerator, denominator) of per-repetition ratios
+    "gfsa_cached_over_plain_cached": ("gfsa_cached", "plain_cached"),
+    "uncached_over_cached_gfsa": ("gfsa_uncached", "gfsa_cached"),
+}
+HEADERS = ["context", "plain, cached", "GFSA, cached", "GFSA, no cache", "cached GFSA / plain", "no cache / cached"]
+
+
+def add_spreads(rows: list[dict], noise: Noise) -> None:
+    for r in rows:
+        samples = {name: {"times_ms": t} for name, t in r["per_token_ms_all"].items()}
+        for name, t in r["per_token_ms_all"].items():
+            noise.check(f"context {r['context']} {name}", t)
+        r["ratio_spread"] = {
+            key: noise.ratio(f"context {r['context']} {key}", samples[a], samples[b]) for key, (a, b) in RATIOS.items()
+        }
+
+
+def _cells(r: dict) -> list[str]:
+    ms, lo_hi = r["per_token_ms"], r["spread"]
+    return [
+        *(f"{ms[k]:.1f} [{lo_hi[k][0]:.1f}–{lo_hi[k][1]:.1f}]" for k in VARIANTS),
+        fmt_spread(r["ratio_spread"]["gfsa_cached_over_plain_cached"]),
+        fmt_spread(r["ratio_spread"]["uncached_over_cached_gfsa"], ".1f"),
+    ]
+
+
+def table(rows: list[dict], config: dict, noise: Noise) -> Table:
+    add_spreads(rows, noise)
+    title = (
+        f"Decoding, GPT-2-small architecture ({config['device']}, {config['dtype']}): ms per new token, "
+        "median \\[min–max]; ratios: median of side-by-side ratios \\[min–max]"
+    )
+    t = Table(title=title)
+    for col in HEADERS:
         t.add_column(col, justify="right")
     for r in rows:
-        ms, lo_hi = r["per_token_ms"], r["spread"]
-        t.add_row(
-            str(r["context"]),
-            *(
-                f"{ms[k]:.1f} [{lo_hi[k][0]:.1f}–{lo_hi[k][1]:.1f}]"
-                for k in ("plain_cached", "gfsa_cached", "gfsa_uncached")
-            ),
-            fmt(r["gfsa_cached_over_plain_cached"], ".2f", "×"),
-            fmt(r["uncached_over_cached_gfsa"], ".1f", "×"),
-        )
+        t.add_row(str(r["context"]), *_cells(r))
     return t
+
+
+def markdown(result: dict) -> str:
+    """The decoding table as Markdown (what `gfsa bench gpu` writes for docs/performance.md)."""
+    config = result["config"]
+    title = (
+        f"Decoding, GPT-2-small architecture ({config['arch']}), ms per new token, median [min–max] of "
+        f"{config['repeats']} repetitions; ratios: side by side. {md_environment(result['environment'])}."
+    )
+    parts = [title, "", md_table(HEADERS, [[r["context"], *_cells(r)] for r in result["rows"]])]
+    if md_noise(result):
+        parts += ["", md_noise(result)]
+    return "\n".join(parts)
 
 
 def parse_args(argv=None):
@@ -149,7 +195,7 @@ def parse_args(argv=None):
     p.add_argument("--new", type=int, default=128, help="new tokens timed per cached run (the last at the context)")
     p.add_argument("--uncached-steps", type=int, default=4, help="new tokens timed without a cache")
     p.add_argument("--fast", action="store_true", help="smoke test: a 2-layer model, contexts 32 and 64")
-    p.set_defaults(repeats=3)
+    p.set_defaults(repeats=5, warmup=1)
     args = p.parse_args(argv)
     setup(args, p)
     args.contexts = args.contexts or ([32, 64] if args.fast else [256, 1024])
@@ -165,7 +211,8 @@ def main(argv=None) -> dict:
     config["arch"] = "fast" if args.fast else "gpt2-small"
     rows = [run_context(args, c, out) for c in args.contexts]
     result = {"config": config, "environment": environment(args), "rows": rows}
-    return finish(result, [table(rows, config)], args, out)
+    noise = Noise(args.repeats)
+    return finish(result, [table(rows, config, noise)], args, out, noise)
 
 
 if __name__ == "__main__":

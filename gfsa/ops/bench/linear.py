@@ -17,7 +17,6 @@ attention + GFSA on LRA). Two sections, both timed side by side:
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -28,18 +27,22 @@ from gfsa.nn.functional import gfsa_attention, gfsa_linear_attention
 from gfsa.ops.bench.common import (
     DTYPES,
     MIB,
+    Counted,
+    Noise,
     add_common_args,
+    check_official_ran,
     console,
     environment,
     finish,
     fmt,
+    fmt_spread,
     interleaved,
-    official_formulation,
     official_gfsa_attention,
     peak_bytes,
     ratio,
     setup,
     time_ratio,
+    use_official_formulation,
 )
 from gfsa.zoo.backbones.efficient_attention import LRAEncoder
 
@@ -66,6 +69,7 @@ class OpBench:
         self.wK = (0.1 * torch.randn(args.heads, generator=gen)).to(self.device).requires_grad_()
         self.K = args.K
         self.input_bytes = 4 * self.q.numel() * self.q.element_size()
+        self.official = Counted(official_gfsa_attention)
 
     def forward(self, impl: str):
         q, k, v, wK, K = self.q, self.k, self.v, self.wK, self.K
@@ -78,7 +82,7 @@ class OpBench:
                 return F.scaled_dot_product_attention(q, k, v)
             if impl == "softmax_gfsa":
                 return gfsa_attention(q, k, v, 0.0, 1.0, wK, K)
-            return official_gfsa_attention(q, k, v, 0.0, 1.0, wK, K)
+            return self.official(q, k, v, 0.0, 1.0, wK, K)
 
     def step(self, impl: str) -> None:
         self.forward(impl).backward(self.g)
@@ -101,6 +105,8 @@ def run_ops(args, n: int, out) -> dict:
     timed = interleaved({i: lambda i=i: bench.step(i) for i in active}, args.repeats, args.warmup, bench.device)
     for impl, cell in timed.items():
         cells[impl].update(cell)
+    if "softmax_gfsa_official" in active:
+        cells["softmax_gfsa_official"]["calls"] = check_official_ran(bench.official, f"operator n={n}")
     row = {
         "n": n,
         "impls": cells,
@@ -124,19 +130,20 @@ class ModelBench:
         self.ids = torch.randint(2, vocab, (args.model_batch, n), device=self.device)
         self.mask = torch.ones_like(self.ids)
         self.labels = torch.randint(0, classes, (args.model_batch,), device=self.device)
-        self.models, self.opts = {}, {}
+        self.models, self.opts, self.official = {}, {}, {}
         for name in MODELS:
             kind = "efficient" if name.startswith("efficient") else "softmax"
             model = LRAEncoder(vocab, classes, n, kind=kind, dim=64, depth=2, num_heads=2, mlp_dim=128, dropout=0.0)
             if "gfsa" in name:
                 gfsa.patch(model, layers="all", K=args.K, wK=0.1)
+            if name.endswith("official"):  # the same patched model, GFSA through the official code (counted)
+                self.official[name] = use_official_formulation(model)
             self.models[name] = model.to(self.device)
             self.opts[name] = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(self, name: str) -> None:
-        with official_formulation() if name.endswith("official") else contextlib.nullcontext():
-            loss = F.cross_entropy(self.models[name](self.ids, self.mask), self.labels)
-            loss.backward()
+        loss = F.cross_entropy(self.models[name](self.ids, self.mask), self.labels)
+        loss.backward()
         self.opts[name].step()
         self.opts[name].zero_grad(set_to_none=True)
 
@@ -153,6 +160,9 @@ def run_models(args, n: int, out) -> dict:
     timed = interleaved({m: lambda m=m: bench.step(m) for m in active}, args.repeats, args.warmup, bench.device)
     for name, cell in timed.items():
         cells[name].update(cell)
+    for name, kernel in bench.official.items():
+        if name in active:
+            cells[name]["calls"] = check_official_ran(kernel, f"model n={n}")
     row = {
         "n": n,
         "models": cells,
@@ -171,8 +181,31 @@ def growth(rows: list[dict], section: str, name: str, key: str) -> dict[str, flo
     return {str(r["n"]): ratio(r[section][name].get(key), first.get(key)) for r in rows[1:]}
 
 
+RATIO_CELLS = {  # ratio key: (numerator, denominator) cells
+    "official_over_linear_gfsa_time": ("softmax_gfsa_official", "linear_gfsa"),
+    "softmax_gfsa_over_linear_gfsa_time": ("softmax_gfsa", "linear_gfsa"),
+    "linear_gfsa_over_linear_time": ("linear_gfsa", "linear"),
+    "official_over_efficient_gfsa_time": ("softmax_gfsa_official", "efficient_gfsa"),
+    "softmax_gfsa_over_efficient_gfsa_time": ("softmax_gfsa", "efficient_gfsa"),
+}
+
+
+def add_spreads(result: dict, noise: Noise) -> None:
+    """The spread of every cell and ratio, into the rows (JSON) and ``noise``."""
+    for section, cells_key in (("operator", "impls"), ("model", "models")):
+        for r in result[section]:
+            cells = r[cells_key]
+            for name, cell in cells.items():
+                cell["spread"] = noise.check(f"{section} n={r['n']} {name}", cell.get("times_ms", []))
+            r["ratio_spread"] = {
+                key: noise.ratio(f"{section} n={r['n']} {key}", cells.get(a), cells.get(b))
+                for key, (a, b) in RATIO_CELLS.items()
+                if key in r["ratios"]
+            }
+
+
 def _time_table(title: str, caption: str, rows: list[dict], cells_key: str, names, digits: str, ratios) -> Table:
-    """One row per length: median ms (peak MiB) of each variant, then the ``ratios`` (label, key)."""
+    """One row per length: median ms (peak MiB) of each variant, then the ``ratios`` (label, key) with spreads."""
     t = Table(title=title, caption=caption)
     for col in ("n", *names, *(label for label, _ in ratios)):
         t.add_column(col, justify="right", no_wrap=True)
@@ -184,12 +217,13 @@ def _time_table(title: str, caption: str, rows: list[dict], cells_key: str, name
                 "skipped" if cells[i]["skipped"] else f"{cells[i]['time_ms']:{digits}} ({cells[i]['peak_mib']:.0f})"
                 for i in names
             ),
-            *(fmt(r["ratios"][key], ".1f", "×") for _, key in ratios),
+            *(fmt_spread(r["ratio_spread"][key], ".1f") for _, key in ratios),
         )
     return t
 
 
-def tables(result: dict, env: dict) -> list[Table]:
+def tables(result: dict, env: dict, noise: Noise) -> list[Table]:
+    add_spreads(result, noise)
     c = result["config"]
     caption = f"{env['dtype']} {env['device']} ({env['threads']} threads), torch {env['torch']}, K={c['K']}"
     op = _time_table(
@@ -232,7 +266,7 @@ def tables(result: dict, env: dict) -> list[Table]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="gfsa bench linear", description=__doc__.splitlines()[0])
     p.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default 1024 2048 4096 8192)")
     # The operator defaults are the attention of the LRA encoders (conf defaults: width 64, 2 heads).
     p.add_argument("--batch", type=int, default=8)
@@ -269,7 +303,8 @@ def main(argv=None) -> dict:
         "model_time": growth(result["model"], "models", "efficient_gfsa", "time_ms"),
         "model_memory": growth(result["model"], "models", "efficient_gfsa", "peak_mib"),
     }
-    return finish(result, tables(result, env), args, out)
+    noise = Noise(args.repeats)
+    return finish(result, tables(result, env, noise), args, out, noise)
 
 
 if __name__ == "__main__":
