@@ -1,13 +1,166 @@
-"""Charts written to files: matplotlib's pyplot on the Agg backend (no display needed), imported on first use."""
+"""Figures written to files: matplotlib's pyplot on the Agg backend (no display needed), imported on first
+use; one house style for every figure of the suite; each figure saved as PNG, PDF and SVG."""
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMATS = ("png", "pdf", "svg")  # PNG for Markdown, PDF and SVG (vector, text kept as text) for a paper
+
+# Colour-blind-safe (Okabe–Ito); the baseline is always grey, GFSA always blue, so a variant keeps its
+# colour across every figure of a report.
+BASELINE_COLOR = "#7f7f7f"
+PALETTE = (  # Okabe–Ito, then tab10's others: told apart on screen and in print
+    "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#F0E442",
+    "#9467BD", "#8C564B", "#17BECF", "#BCBD22", "#E377C2", "#2CA02C",
+)  # fmt: skip
+KNOWN_VARIANTS = ("gfsa", "gfsa_even", "contranorm", "attnscale", "featscale")
+
+STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "axes.axisbelow": True,
+    "grid.alpha": 0.3,
+    "svg.fonttype": "none",  # SVG text stays text (editable, searchable)
+    "pdf.fonttype": 42,  # TrueType in PDFs, as publishers ask
+    "savefig.dpi": 150,
+}
+
 
 def pyplot():
-    """``matplotlib.pyplot`` with the non-interactive Agg backend (PNG files on a headless node)."""
+    """``matplotlib.pyplot`` with the non-interactive Agg backend (files on a headless node)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+@contextlib.contextmanager
+def style():
+    """The house style for the figures made inside (pyplot is yielded)."""
+    plt = pyplot()
+    with plt.rc_context(STYLE):
+        yield plt
+
+
+@dataclass
+class Chart:
+    """A figure saved in every format of :data:`FORMATS`. The figure is closed in pyplot but its axes and
+    artists stay readable: tests check what a figure shows through them, not through pixels."""
+
+    figure: Any  # matplotlib.figure.Figure
+    files: list[Path] = field(default_factory=list)
+    notes: dict = field(default_factory=dict)  # numbers the figure plots that its artists do not keep
+
+    @property
+    def png(self) -> Path:
+        return self.files[0]
+
+
+def save(fig, path: str | Path, notes: dict | None = None) -> Chart:
+    """Save ``fig`` as ``<stem>.png/.pdf/.svg`` beside ``path`` (any suffix is replaced), with a tight
+    bounding box so that no title, label or legend outside the axes is cut; close it in pyplot."""
+    path = Path(path)
+    stem = path.parent / (path.name[: -len(path.suffix)] if path.suffix.lstrip(".") in FORMATS else path.name)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    files = []
+    for fmt in FORMATS:
+        files.append(stem.parent / f"{stem.name}.{fmt}")
+        fig.savefig(files[-1], bbox_inches="tight", pad_inches=0.05, metadata=_metadata(fmt))
+    pyplot().close(fig)
+    return Chart(fig, files, notes or {})
+
+
+def _metadata(fmt: str) -> dict:
+    """No creation dates: the same report written twice gives the same PDF and SVG files."""
+    if fmt == "pdf":
+        return {"CreationDate": None}
+    if fmt == "svg":
+        return {"Date": None}
+    return {}
+
+
+def variant_colors(variants) -> dict[str, str]:
+    """A colour per variant: baseline grey, the known variants fixed, the others from the palette in order."""
+    out = {"baseline": BASELINE_COLOR}
+    out |= {v: PALETTE[i] for i, v in enumerate(KNOWN_VARIANTS)}
+    rest = [v for v in variant_order(variants) if v not in out]
+    free = [c for c in PALETTE if c not in out.values()]
+    out |= {v: free[i % len(free)] for i, v in enumerate(rest)}
+    return out
+
+
+def variant_order(variants) -> list[str]:
+    """Baseline first, then GFSA and its variants, then compared methods, each group by name."""
+
+    def rank(v: str):
+        if v == "baseline":
+            return (0, "")
+        if v in ("gfsa", "gfsa_even"):
+            return (1, v)
+        if v.startswith("gfsa"):
+            return (2, v)
+        return (3, f"{KNOWN_VARIANTS.index(v):02d}" if v in KNOWN_VARIANTS else v)
+
+    return sorted(set(variants), key=rank)
+
+
+# Where a point's label may go, in points from the point: right, left, above, below, then farther out.
+_OFFSETS = [
+    (dx * f, dy * f, ha, va)
+    for f in (1, 2.2, 3.4)
+    for dx, dy, ha, va in (
+        (5, 3, "left", "bottom"),
+        (5, -3, "left", "top"),
+        (-5, 3, "right", "bottom"),
+        (-5, -3, "right", "top"),
+        (0, 7, "center", "bottom"),
+        (0, -7, "center", "top"),
+    )
+]
+
+
+def place_labels(ax, points: list[tuple[float, float, str]], **text_kw) -> list:
+    """Label points without overlaps: each label takes the first place around its point (right, left,
+    above, below, then farther out) that overlaps no other label or point and stays inside the axes;
+    where none is free, the first place. Call after the axes' limits are final."""
+    fig = ax.figure
+    fig.canvas.draw()  # the layout and limits the labels are measured against
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    dots = [ax.transData.transform((x, y)) for x, y, _ in points]
+    taken = [(px - 4, py - 4, px + 4, py + 4) for px, py in dots]
+
+    def free(box) -> bool:
+        inside = box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1
+        return inside and not any(box.x0 < b[2] and box.x1 > b[0] and box.y0 < b[3] and box.y1 > b[1] for b in taken)
+
+    labels = []
+    for x, y, text in points:
+        chosen = None
+        for dx, dy, ha, va in _OFFSETS:
+            label = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, **text_kw)
+            box = label.get_window_extent(renderer)
+            if free(box):
+                chosen = label
+                break
+            label.remove()
+        if chosen is None:
+            dx, dy, ha, va = _OFFSETS[0]
+            chosen = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, **text_kw)
+            box = chosen.get_window_extent(renderer)
+        taken.append((box.x0, box.y0, box.x1, box.y1))
+        labels.append(chosen)
+    return labels
