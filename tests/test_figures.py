@@ -259,3 +259,9 @@ def test_report_writes_every_figure_in_three_formats(paper_like):
     assert all(f"]({stem}.png)" in doc for stem in stems)
     assert "<text" in (out / "glue.svg").read_text()  # SVG text stays text
     assert Path(out / "glue.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_the_same_report_gives_the_same_files(paper_like, tmp_path):
+    rp.write(paper_like["report"], tmp_path)
+    for name in ("glue.svg", "glue.pdf", "improvement_radar.svg", "lra_listops.pdf"):
+        assert (tmp_path / name).read_bytes() == (paper_like["out"] / name).read_bytes(), name

@@ -13,9 +13,9 @@ FORMATS = ("png", "pdf", "svg")  # PNG for Markdown, PDF and SVG (vector, text k
 # Colour-blind-safe (Okabe–Ito); the baseline is always grey, GFSA always blue, so a variant keeps its
 # colour across every figure of a report.
 BASELINE_COLOR = "#7f7f7f"
-PALETTE = (  # Okabe–Ito, then tab10's others: told apart on screen and in print
-    "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#F0E442",
-    "#9467BD", "#8C564B", "#17BECF", "#BCBD22", "#E377C2", "#2CA02C",
+PALETTE = (  # Okabe–Ito, then tab10's others (yellow last: faint on white): told apart on screen and in print
+    "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#9467BD",
+    "#8C564B", "#17BECF", "#BCBD22", "#E377C2", "#2CA02C", "#F0E442",
 )  # fmt: skip
 KNOWN_VARIANTS = ("gfsa", "gfsa_even", "contranorm", "attnscale", "featscale")
 
@@ -32,6 +32,7 @@ STYLE = {
     "axes.axisbelow": True,
     "grid.alpha": 0.3,
     "svg.fonttype": "none",  # SVG text stays text (editable, searchable)
+    "svg.hashsalt": "gfsa",  # stable element ids: the same figure gives the same SVG
     "pdf.fonttype": 42,  # TrueType in PDFs, as publishers ask
     "savefig.dpi": 150,
 }

@@ -132,7 +132,8 @@ def print_summary(results: dict[str, dict]) -> None:
             row = r["layers"][i] if i < len(r["layers"]) else {}
             cells += [_pm(row, k) for k in ("cosine_similarity", "hf_energy_ratio", "hf_gain")]
         table.add_row(*cells)
-    Console().print(table)
+    console = Console()
+    (console if console.is_terminal else Console(width=200)).print(table)  # a pipe or log: no wrapped cells
 
 
 def _same_config(records: list[tuple[Path, dict]]) -> None:

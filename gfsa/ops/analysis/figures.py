@@ -42,6 +42,20 @@ def _minor_label(v: float, _=None) -> str:
     return f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 5) else ""
 
 
+def _log_if_wide(ax, label: str) -> None:
+    """A log y axis with plain tick labels (0.5, not 5×10⁻¹) when the data span a decade or more; linear
+    otherwise (a log axis inside one decade would have no labelled tick)."""
+    from matplotlib.ticker import FuncFormatter
+
+    lo, hi = ax.dataLim.y0, ax.dataLim.y1
+    if lo > 0 and hi / lo >= 10:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(_minor_label))
+        label += " (log)"
+    ax.set_ylabel(label)
+
+
 def _about(results: dict[str, dict]) -> str:
     r = next(iter(results.values()))
     return f"{r.get('backbone')} on {r.get('task')}"
@@ -76,7 +90,9 @@ def plot_per_layer(results: dict[str, dict], path: Path) -> Chart:
                 if i >= len(rows):
                     continue
                 row, x = rows[i], r["normalized_frequency"]
-                ax.plot(x, row["frequency_response"], color=colors[name], lw=1.5, label=name, gid=f"{name}/layer{i}")
+                wide = name == "baseline"  # the baseline wide underneath: still seen where the curves coincide
+                ax.plot(x, row["frequency_response"], color=colors[name], lw=3.0 if wide else 1.4, zorder=2 if wide else 3,
+                        label=name, gid=f"{name}/layer{i}")  # fmt: skip
                 _band(ax, x, row["frequency_response"], row.get("frequency_response_std"), colors[name], floor)
             ax.set_yscale("log")
             is_patched = i in patched
@@ -89,7 +105,7 @@ def plot_per_layer(results: dict[str, dict], path: Path) -> Chart:
             if i // cols == lines - 1 or i + cols >= n_layers:
                 ax.set_xlabel("frequency k/n")
                 ax.tick_params(labelbottom=True)
-        handles = [plt.Line2D([], [], color=colors[n], lw=1.5) for n in names]
+        handles = [plt.Line2D([], [], color=colors[n], lw=3.0 if n == "baseline" else 1.4) for n in names]
         labels = list(names)
         if patched:
             handles.append(plt.Rectangle((0, 0), 1, 1, facecolor=PATCHED_TINT, edgecolor="0.6", lw=0.5))
@@ -171,15 +187,10 @@ def plot_oversmoothing(results: dict[str, dict], path: Path) -> Chart:
             depth = max(len(r["layers"]) for r in results.values())
             ax.set_xticks(range(1, depth + 1) if depth <= 16 else ax.get_xticks())
         axes[0].set(title="cosine similarity of the tokens", xlabel="layer", ylabel="mean pairwise cosine similarity")
-        axes[1].set(title="high/low-frequency energy of the tokens", xlabel="layer",
-                    ylabel="‖X − 1x̄ᵀ‖² / ‖1x̄ᵀ‖² (log)", yscale="log")  # fmt: skip
-        axes[2].set(title="singular values of the last layer's tokens", xlabel="index (largest first)",
-                    ylabel="σᵢ / σ₁ (log)", yscale="log")  # fmt: skip
-        from matplotlib.ticker import FuncFormatter
-
-        for ax in axes[1:]:  # plain numbers on the log axes (0.4, not 4×10⁻¹)
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.yaxis.set_minor_formatter(FuncFormatter(_minor_label))
+        axes[1].set(title="high/low-frequency energy of the tokens", xlabel="layer")
+        axes[2].set(title="singular values of the last layer's tokens", xlabel="index (largest first)")
+        _log_if_wide(axes[1], "‖X − 1x̄ᵀ‖² / ‖1x̄ᵀ‖²")
+        _log_if_wide(axes[2], "σᵢ / σ₁")
         handles, labels = axes[0].get_legend_handles_labels()
         if patched:
             handles.append(plt.Rectangle((0, 0), 1, 1, facecolor=PATCHED_TINT, edgecolor="0.6", lw=0.5))

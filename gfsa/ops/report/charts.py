@@ -95,6 +95,7 @@ def chart_table(table: Table, rows: list[Row], path: Path) -> Chart | None:
         return None
     variants = variant_order(r.variant for r in rows if r.runs)
     gain_variants = [v for v in variants if v != "baseline"]
+    has_gains = any(r.gain is not None for r in rows if r.variant != "baseline")  # else: no gain panels
     colors = variant_colors(variants)
     by = {(r.row, r.column, r.variant): r for r in rows}
     metric_of = {(r.row, r.column): r.metric for r in rows}
@@ -110,17 +111,21 @@ def chart_table(table: Table, rows: list[Row], path: Path) -> Chart | None:
         label = rc[1] if per_row else f"{rc[0]}\n{rc[1]}"
         return label if one_metric else f"{label}\n({metric_of[rc]})"
 
+    chars = max(len(line) for rc in cells for line in tick(rc).split("\n"))
+    per_cell = max(0.32 * len(variants), 0.075 * chars + 0.15)  # inches: the bars, or the longest tick label
     with style() as plt:
+        per = 2 if has_gains else 1
         fig = plt.figure(
-            figsize=(min(18, max(6.5, 0.32 * width_cells * len(variants) + 2)), 4.6 * len(panels) + 0.6),
+            figsize=(min(22, max(6.5, per_cell * width_cells + 2)), (4.6 if has_gains else 3.0) * len(panels) + 0.6),
             layout="constrained",
         )
-        axes = fig.subplots(2 * len(panels), 1, gridspec_kw={"height_ratios": [3, 2] * len(panels)}, squeeze=False)
+        ratios = [3, 2] if has_gains else [1]
+        axes = fig.subplots(per * len(panels), 1, gridspec_kw={"height_ratios": ratios * len(panels)}, squeeze=False)
         for p, group in enumerate(panels):
-            ax_v, ax_g = axes[2 * p][0], axes[2 * p + 1][0]
-            ax_g.sharex(ax_v)
-            slot = 0.8 / len(variants)
-            gslot = 0.8 / max(len(gain_variants), 1)
+            ax_v = axes[per * p][0]
+            ax_g = axes[per * p + 1][0] if has_gains else None
+            slot = min(0.8 / len(variants), 0.35)  # a lone variant gets a bar, not a block
+            gslot = min(0.8 / max(len(gain_variants), 1), 0.35)
             for i, rc in enumerate(group):  # the variants run in this cell, centred on it
                 here = [v for v in variants if (*rc, v) in by and by[(*rc, v)].value is not None]
                 gains = [v for v in here if v != "baseline"]
@@ -130,7 +135,7 @@ def chart_table(table: Table, rows: list[Row], path: Path) -> Chart | None:
                     _bar(ax_v, x, row.value, slot, colors[v], f"{rc[0]}/{rc[1]}/{v}")
                     if row.paper is not None:
                         ax_v.hlines(row.paper, x - slot / 2, x + slot / 2, color="black", lw=1.8, zorder=4)
-                    if v == "baseline":
+                    if v == "baseline" or ax_g is None:
                         continue
                     xg = i + (gains.index(v) - (len(gains) - 1) / 2) * gslot
                     if row.gain is not None:
@@ -138,22 +143,28 @@ def chart_table(table: Table, rows: list[Row], path: Path) -> Chart | None:
                     if row.paper_gain is not None:
                         ax_g.hlines(row.paper_gain, xg - gslot / 2, xg + gslot / 2, color="black", lw=1.8, zorder=4)
             ax_v.set_xlim(-0.5, width_cells - 0.5)
-            ax_v.tick_params(labelbottom=False)
-            ax_g.set_xticks(range(len(group)), [tick(rc) for rc in group])
-            ax_g.axhline(0, color="black", lw=0.8)
             metric = metric_of[group[0]] if one_metric else "value (metric per column)"
             ax_v.set_ylabel(f"{metric}{scale}\n({better} is better)")
-            ax_g.set_ylabel(f"gain vs baseline\n({unit}, > 0 is better)")
-            ax_g.set_xlabel("table column" if per_row else "table row / column")
+            ax_x = ax_v
+            if ax_g is not None:
+                ax_g.sharex(ax_v)
+                ax_v.tick_params(labelbottom=False)
+                ax_g.axhline(0, color="black", lw=0.8)
+                ax_g.set_ylabel(f"gain vs baseline\n({unit}, > 0 is better)")
+                ax_x = ax_g
+            ax_x.set_xticks(range(len(group)), [tick(rc) for rc in group])
+            ax_x.set_xlabel("table column" if per_row else "table row / column")
             if per_row:
                 ax_v.set_title(group[0][0], loc="left", fontweight="bold")
         handles = [plt.Rectangle((0, 0), 1, 1, facecolor=colors[v], edgecolor="black", lw=0.4) for v in variants]
         handles.append(plt.Line2D([], [], color="black", lw=1.8))
         fig.legend(handles, [*variants, "paper"], loc="outside lower center", ncols=min(len(variants) + 1, 6))
         stats = [r.value for r in rows if r.runs]
+        gains = (
+            f"gains: mean and {CI} of the per-seed paired gains" if has_gains else "no variant has run yet: no gains"
+        )
         fig.suptitle(
-            f"{table.title}\nbars: ours, mean ± std over seeds ({_seeds_note(stats)}); gains: mean and {CI} "
-            f"of the per-seed paired gains; black lines: the paper",
+            f"{table.title}\nbars: ours, mean ± std over seeds ({_seeds_note(stats)}); {gains}; black lines: the paper",
             fontsize=9,
         )
         return save(fig, path, {"cells": cells, "variants": variants, "panels": panels})
@@ -225,12 +236,13 @@ def chart_domains(report: Report, path: Path) -> Chart | None:
         ax.set_xlabel("domain (paper tables) or task (other runs)")
         ax.set_ylabel("improvement over the paired baseline (relative %)")
         handles = [plt.Rectangle((0, 0), 1, 1, facecolor=colors[v], edgecolor="black", lw=0.4) for v in present]
-        handles += [
-            plt.Line2D([], [], color="black", lw=1.8),
-            plt.Line2D([], [], color="black", marker="o", ms=3, lw=0),
-        ]
-        ax.legend(handles, [*present, "paper (same cells)", "one cell"], loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                  frameon=False)  # fmt: skip
+        labels = list(present)
+        if any(c.get_gid().endswith("/paper") for c in ax.collections if c.get_gid()):
+            handles.append(plt.Line2D([], [], color="black", lw=1.8))
+            labels.append("paper (same cells)")
+        handles.append(plt.Line2D([], [], color="black", marker="o", ms=3, lw=0))
+        labels.append("one cell")
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         ax.set_title(
             "GFSA and compared methods vs baseline per domain (paper Figure 1)\n"
             "bar: mean over the cells ± std over seeds (√Σsᵢ²/m); dot: one cell's mean gain"
@@ -394,8 +406,8 @@ def chart_layers(report: Report, path: Path) -> Chart | None:
             ax_m.set_title(f"{title} ({ns})", loc="left", fontsize=8)
         for ax in axes.flat[2 * len(groups) :]:
             ax.set_visible(False)
-        fig.suptitle("GFSA on no / the selected (even) / all layers: metric and training step time, "
-                     "mean ± std over seeds (time: vs none)")  # fmt: skip
+        fig.suptitle("GFSA on no / the selected (even) / all layers\nmetric and training step time, "
+                     "mean ± std over seeds (time: change vs none)")  # fmt: skip
         return save(fig, path, {"groups": [(t, [s for s in LAYER_SPECS if s in b]) for t, _, b in groups]})
 
 
