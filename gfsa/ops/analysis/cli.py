@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -180,7 +179,8 @@ def analyze(
     (out_dir / "analysis.json").write_text(json.dumps(combined, indent=1) + "\n")
     charts = plot(combined, out_dir)
     print_summary(combined)
-    print(f"wrote {out_dir / 'analysis.json'}, " + ", ".join(str(f) for c in charts for f in c.files), file=sys.stdout)
+    formats = ",".join(p.suffix[1:] for p in charts[0].files)
+    print(f"wrote {out_dir}: analysis.json, " + ", ".join(f"{c.png.stem}.{{{formats}}}" for c in charts))
     return combined
 
 
