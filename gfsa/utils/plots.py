@@ -118,50 +118,70 @@ def variant_order(variants) -> list[str]:
     return sorted(set(variants), key=rank)
 
 
-# Where a point's label may go, in points from the point: right, left, above, below, then farther out.
-_OFFSETS = [
-    (dx * f, dy * f, ha, va)
-    for f in (1, 2.2, 3.4)
-    for dx, dy, ha, va in (
-        (5, 3, "left", "bottom"),
-        (5, -3, "left", "top"),
-        (-5, 3, "right", "bottom"),
-        (-5, -3, "right", "top"),
-        (0, 7, "center", "bottom"),
-        (0, -7, "center", "top"),
-    )
-]
+# Where a point's label may go, in points from the point: right, left, above, below; then farther out.
+_PLACES = (
+    (5, 3, "left", "bottom"),
+    (5, -3, "left", "top"),
+    (-5, 3, "right", "bottom"),
+    (-5, -3, "right", "top"),
+    (0, 7, "center", "bottom"),
+    (0, -7, "center", "top"),
+)
+_NEAR = [(dx, dy, ha, va) for dx, dy, ha, va in _PLACES]
+_FAR = [(dx * f, dy * f, ha, va) for f in (2.2, 3.4) for dx, dy, ha, va in _PLACES]
 
 
-def place_labels(ax, points: list[tuple[float, float, str]], **text_kw) -> list:
-    """Label points without overlaps: each label takes the first place around its point (right, left,
-    above, below, then farther out) that overlaps no other label or point and stays inside the axes;
-    where none is free, the first place. Call after the axes' limits are final."""
+def place_labels(ax, points: list[tuple[float, float, str]], avoid=(), **text_kw) -> list:
+    """Label points without overlaps. Each label takes the first free place, trying: next to its point
+    clear of other labels, points and the ``avoid`` segments (data coordinates ``((x0, y0), (x1, y1))``,
+    e.g. error bars); next to it clear of labels and points; farther out clear of labels and points, with
+    a thin leader line to the point; else next to it. Places stay inside the axes. Call after the axes'
+    limits are final."""
     fig = ax.figure
     fig.canvas.draw()  # the layout and limits the labels are measured against
     renderer = fig.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
-    dots = [ax.transData.transform((x, y)) for x, y, _ in points]
-    taken = [(px - 4, py - 4, px + 4, py + 4) for px, py in dots]
+    taken = []
+    for x, y, _ in points:
+        px, py = ax.transData.transform((x, y))
+        taken.append((px - 4, py - 4, px + 4, py + 4))
+    segments = []
+    for a, b in avoid:
+        (ax0, ay0), (bx0, by0) = ax.transData.transform(a), ax.transData.transform(b)
+        segments.append((min(ax0, bx0) - 2, min(ay0, by0) - 2, max(ax0, bx0) + 2, max(ay0, by0) + 2))
 
-    def free(box) -> bool:
+    def free(box, boxes) -> bool:
         inside = box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1
-        return inside and not any(box.x0 < b[2] and box.x1 > b[0] and box.y0 < b[3] and box.y1 > b[1] for b in taken)
+        return inside and not any(box.x0 < b[2] and box.x1 > b[0] and box.y0 < b[3] and box.y1 > b[1] for b in boxes)
+
+    def put(x, y, text, place, leader=False):
+        dx, dy, ha, va = place
+        arrow = {"arrowprops": {"arrowstyle": "-", "color": "0.6", "lw": 0.5, "shrinkA": 0, "shrinkB": 3}}
+        return ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                           **(arrow if leader else {}), **text_kw)  # fmt: skip
 
     labels = []
     for x, y, text in points:
         chosen = None
-        for dx, dy, ha, va in _OFFSETS:
-            label = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, **text_kw)
-            box = label.get_window_extent(renderer)
-            if free(box):
-                chosen = label
+        for places, boxes, leader in ((_NEAR, taken + segments, False), (_NEAR, taken, False), (_FAR, taken, True)):
+            for place in places:
+                label = put(x, y, text, place, leader)
+                if free(_text_box(label, renderer), boxes):
+                    chosen = label
+                    break
+                label.remove()
+            if chosen is not None:
                 break
-            label.remove()
-        if chosen is None:
-            dx, dy, ha, va = _OFFSETS[0]
-            chosen = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, **text_kw)
-            box = chosen.get_window_extent(renderer)
+        chosen = chosen or put(x, y, text, _NEAR[0])
+        box = _text_box(chosen, renderer)
         taken.append((box.x0, box.y0, box.x1, box.y1))
         labels.append(chosen)
     return labels
+
+
+def _text_box(label, renderer):
+    """The label's text alone (an annotation's own extent includes its leader line)."""
+    from matplotlib.text import Text
+
+    label.update_positions(renderer)
+    return Text.get_window_extent(label, renderer)

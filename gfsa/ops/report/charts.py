@@ -500,7 +500,7 @@ def chart_overhead(report: Report, path: Path) -> Chart | None:
         groups[(r.variant, r.domain)].append(r)
     with style() as plt:
         fig, ax = plt.subplots(figsize=(7.2, 4.8), layout="constrained")
-        labelled, labels = set(), []
+        labelled, labels, bars = set(), [], []
         order = variant_order(v for v, _ in groups)
         for (v, domain), members in sorted(groups.items(), key=lambda g: (order.index(g[0][0]), g[0][1])):
             cost, gain = (
@@ -515,6 +515,9 @@ def chart_overhead(report: Report, path: Path) -> Chart | None:
             name = domain.removeprefix("task: ")
             cells = f" ({len(members)})" if len(members) > 1 else ""
             labels.append((cost.mean, gain.mean, f"{name}{cells}"))
+            if whole:  # the error bars: no label on top of them
+                bars.append(((cost.mean - cost.std, gain.mean), (cost.mean + cost.std, gain.mean)))
+                bars.append(((cost.mean, gain.mean - gain.std), (cost.mean, gain.mean + gain.std)))
         ax.axhline(0, color="black", lw=0.8)
         ax.axvline(0, color="black", lw=0.8)
         ax.margins(x=0.2, y=0.2)
@@ -523,5 +526,5 @@ def chart_overhead(report: Report, path: Path) -> Chart | None:
         ax.set_title("cost vs gain per domain (cells): mean over the cells ± std over seeds (√Σsᵢ²/m)\n"
                      "hollow: a cell with one seed (no error bar: its position is noise-prone)")  # fmt: skip
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title="variant")
-        place_labels(ax, labels, fontsize=7, color="0.25", zorder=5)
+        place_labels(ax, labels, avoid=bars, fontsize=7, color="0.25", zorder=5)
         return save(fig, path, {"points": sorted(groups)})
