@@ -6,13 +6,16 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
 import timm
 import torch
 import transformers as tf
-from digits_runs import digits_runs
+from conftest import FAST, compose
+from digits_runs import STEPS, VARIANTS, digits_runs
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 import gfsa
 from gfsa.nn.patching import UnsupportedModelError
@@ -119,7 +122,11 @@ def test_analyze_a_trained_run_against_its_baseline(tmp_path):
     assert set(out) == {"baseline", "gfsa"} and out["baseline"]["run_dir"] == runs["baseline"]["run_dir"]
     saved = json.loads((tmp_path / "analysis.json").read_text())
     assert saved["gfsa"]["layers"][0].keys() >= {"frequency_response", "cosine_similarity", "hf_energy_ratio"}
-    assert {p.name for p in tmp_path.glob("*.png")} == {"frequency_response.png", "oversmoothing.png"}
+    stems = {"frequency_response", "frequency_response_all_layers", "oversmoothing"}
+    assert {p.name for p in tmp_path.iterdir()} == {"analysis.json"} | {
+        f"{s}.{f}" for s in stems for f in ("png", "pdf", "svg")
+    }
+    assert saved["gfsa"]["n"] == 1 and saved["gfsa"]["layers"][0]["cosine_similarity_std"] is None
     n_tokens = 17  # 8×8 digits in 2×2 patches + the class token
     assert saved["gfsa"]["normalized_frequency"] == pytest.approx([k / n_tokens for k in range(n_tokens // 2 + 1)])
     for i, row in enumerate(saved["gfsa"]["layers"]):  # λ0 = w0 + w1 + wK, averaged over heads
@@ -188,3 +195,82 @@ def test_callback_logs_measurements_and_coefficients_to_wandb():
     assert values["analysis/wK/net.blocks.5.attn.gfsa/head_3"] == pytest.approx(
         runs["gfsa"]["gfsa"]["coefficients"]["net.blocks.5.attn.gfsa"]["wK"][3], abs=1e-6
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# several seeds of one config: mean ± std, and what the figures show
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory):
+    """GFSA on the selected layers (2, 4, 6 of 6) and the baseline, seeds 0 and 1, side by side."""
+    from gfsa.runner.train import run
+
+    root = tmp_path_factory.mktemp("seeds")
+    steps = [o for o in STEPS if not o.startswith("logger=")]
+    gfsa_run = ["gfsa.layers=selected", *VARIANTS["gfsa"][1:]]
+    return {
+        (seed, name): run(compose([*FAST, *steps, f"seed={seed}", *overrides], root))
+        for seed in (0, 1)
+        for name, overrides in (("baseline", ["gfsa.layers=none"]), ("gfsa", gfsa_run))
+    }
+
+
+def test_analyze_seeds_gives_mean_and_std_and_marks_patched_layers(two_seeds, tmp_path):
+    dirs = [two_seeds[(s, "gfsa")]["run_dir"] for s in (0, 1)]
+    out = A.analyze(dirs, batches=1, out=str(tmp_path))
+    assert set(out) == {"baseline", "gfsa"} and out["gfsa"]["n"] == 2 and out["gfsa"]["seeds"] == [0, 1]
+    assert out["baseline"]["run_dirs"] == [two_seeds[(s, "baseline")]["run_dir"] for s in (0, 1)]
+    for name in ("baseline", "gfsa"):
+        for i, row in enumerate(out[name]["layers"]):
+            per_seed = [r["layers"][i] for r in out[name]["runs"]]
+            for key in ("cosine_similarity", "hf_energy_ratio", "dc_gain"):
+                values = [p[key] for p in per_seed]
+                assert row[key] == pytest.approx(statistics.fmean(values))
+                assert row[f"{key}_std"] == pytest.approx(statistics.stdev(values))
+            curves = [p["frequency_response"] for p in per_seed]
+            assert row["frequency_response"] == pytest.approx([statistics.fmean(c) for c in zip(*curves)])
+    patched = two_seeds[(0, "gfsa")]["gfsa"]["layers"]
+    assert patched == [1, 3, 5]
+
+    per_layer, all_layers, oversmoothing = A.plot(out, tmp_path / "again")
+    panels = [ax for ax in per_layer.figure.axes if ax.get_visible()]
+    assert len(panels) == 6  # one panel per layer
+    for i, ax in enumerate(panels):
+        assert ax.get_yscale() == "log"
+        assert {line.get_gid() for line in ax.get_lines()} == {f"baseline/layer{i}", f"gfsa/layer{i}"}
+        assert ax.get_title(loc="left") == f"layer {i + 1}" + (" · GFSA" if i in patched else "")
+        gfsa_line = next(line for line in ax.get_lines() if line.get_gid() == f"gfsa/layer{i}")
+        assert list(gfsa_line.get_ydata()) == pytest.approx(out["gfsa"]["layers"][i]["frequency_response"])
+        assert len(ax.collections) == 2  # the ± std bands of both runs
+    for chart in (per_layer, all_layers, oversmoothing):
+        assert [p.suffix for p in chart.files] == [".png", ".pdf", ".svg"] and all(p.is_file() for p in chart.files)
+        fig = chart.figure
+        FigureCanvasAgg(fig).draw()
+        for ax in fig.axes:  # every axis labelled: the left column's y, the bottom row's x
+            if not ax.get_visible() or hasattr(ax, "_colorbar"):
+                continue
+            spec = ax.get_subplotspec()
+            if spec.is_first_col():
+                assert ax.get_ylabel().strip(), (chart.png, ax.get_title())
+            if spec.is_last_row() or chart is not per_layer:
+                assert ax.get_xlabel().strip(), (chart.png, ax.get_title())
+    cos = next(c for c in oversmoothing.figure.axes[0].containers if c.lines[0].get_gid() == "gfsa/cosine_similarity")
+    segments = cos.lines[2][0].get_segments()
+    stds = [row["cosine_similarity_std"] for row in out["gfsa"]["layers"]]
+    assert [(seg[1][1] - seg[0][1]) / 2 for seg in segments] == pytest.approx(stds)
+
+
+def test_analyze_seeds_of_different_configs_fail_in_one_line(two_seeds, tmp_path, capsys):
+    selected, every = two_seeds[(0, "gfsa")]["run_dir"], digits_runs()["gfsa"]["run_dir"]
+    capsys.readouterr()  # what training printed
+    for args, message in (
+        ([selected, every], "differ in more than the seed: pass the seeds of one config"),
+        ([selected, selected], "is passed twice"),
+        ([selected, two_seeds[(1, "gfsa")]["run_dir"], "--baseline", every], "--baseline goes with one run"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            A.main_cli([*args, "--out", str(tmp_path / "out")])
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert e.value.code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()

@@ -142,6 +142,8 @@ def test_report_tables_have_exact_numbers(sweep, tmp_path):
         f"| vit_mini | digits | gfsa | 3 | 83.00 ± 1.00 | 81.50 | +1.50 | +{g.mean:.3f} ± {g.std:.3f} | +2.000 ± 1.000 |"
         in md
     )
+    half = 4.302652729749464 * g.std / 3**0.5  # the paired t-interval: t(0.975, 2 df) from the t-table
+    assert f"| +2.000 ± 1.000 | [{g.mean - half:+.3f}, {g.mean + half:+.3f}] n=3 | +1.875 |" in md
     with (tmp_path / "toy.csv").open() as f:
         csv_rows = {r["variant"]: r for r in __import__("csv").DictReader(f)}
     assert float(csv_rows["gfsa"]["gain_pct_mean"]) == pytest.approx(g.mean) and csv_rows["gfsa"]["seeds"] == "0 1 2"

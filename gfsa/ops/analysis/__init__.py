@@ -17,23 +17,27 @@ timm's ``Attention`` (ViT/DeiT family) and a capturing attention implementation 
 models (BERT, RoBERTa, ALBERT, GPT-2), both found through ``gfsa.patch``'s adapters. Padding tokens
 (``attention_mask`` in the batch) are left out of every measurement.
 
-``gfsa analyze <run dir>`` rebuilds a finished run from its record and ``checkpoints/last.ckpt``;
+``gfsa analyze <run dir>…`` rebuilds finished runs (one, or the seeds of one config) from their records and
+``checkpoints/last.ckpt`` and combines the seeds (mean ± std);
 :class:`AnalysisCallback` takes the same measurements during training (``analysis.every_n_epochs``).
 
-- :mod:`.measures`: the measurements and their running sums per layer (pure torch);
+- :mod:`.measures`: the measurements, their running sums per layer, their combination over seeds (pure torch);
 - :mod:`.capture`: the hooks that feed them (:class:`Capture`), the supported families, the coefficients;
 - :mod:`.callback`: :class:`AnalysisCallback` (Lightning; imported only when the class is asked for, so
   importing this package does not import Lightning: ``_target_: gfsa.ops.analysis.AnalysisCallback``);
+- :mod:`.figures`: the figures (matplotlib only): per-layer frequency responses, all layers, oversmoothing;
 - :mod:`.cli`: ``gfsa analyze`` (:func:`analyze`, :func:`main_cli`).
 """
 
 from gfsa.ops.analysis.capture import HF_TYPES, SUPPORTED, Capture, coefficients, family
-from gfsa.ops.analysis.cli import AnalyzeError, analyze, baseline_of, locate, main_cli, measure, plot, print_summary
+from gfsa.ops.analysis.cli import AnalyzeError, analyze, baseline_of, locate, main_cli, measure, print_summary
+from gfsa.ops.analysis.figures import plot, plot_all_layers, plot_oversmoothing, plot_per_layer
 from gfsa.ops.analysis.measures import (
     LayerStats,
     cosine_similarity,
     frequency_response,
     hf_energy_ratio,
+    over_seeds,
     singular_spectrum,
 )
 
@@ -68,7 +72,11 @@ __all__ = [
     "log_summary",
     "main_cli",
     "measure",
+    "over_seeds",
     "plot",
+    "plot_all_layers",
+    "plot_oversmoothing",
+    "plot_per_layer",
     "print_summary",
     "scalars",
     "singular_spectrum",

@@ -1,13 +1,13 @@
 """Oversmoothing analysis: what each layer's (filtered) attention does to token representations.
 
-``gfsa analyze <run dir>``: rebuild a finished run from its record and ``checkpoints/last.ckpt``, measure a
-few validation batches (and its baseline's), write ``analysis.json`` and PNGs, print a table.
+``gfsa analyze <run dir>…``: rebuild finished runs (the seeds of one config) from their records and
+``checkpoints/last.ckpt``, measure a few validation batches of each (and of each one's baseline), write
+``analysis.json`` and the figures (mean over seeds ± std), print a table.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -15,8 +15,9 @@ import torch
 
 from gfsa.nn.patching import UnsupportedModelError
 from gfsa.ops.analysis.capture import Capture, coefficients, family
+from gfsa.ops.analysis.figures import plot
+from gfsa.ops.analysis.measures import over_seeds
 from gfsa.utils.errors import ConfigError, fail
-from gfsa.utils.plots import pyplot
 
 
 class AnalyzeError(ValueError):
@@ -90,6 +91,7 @@ def measure(run_dir: Path, record: dict, ckpt: Path, batches: int) -> dict:
     return {
         "run_dir": str(run_dir),
         "variant": record.get("variant"),
+        "seed": record.get("seed"),
         "backbone": record.get("backbone"),
         "task": record.get("task"),
         "gfsa_layers": (record.get("gfsa") or {}).get("layers", []),
@@ -99,99 +101,87 @@ def measure(run_dir: Path, record: dict, ckpt: Path, batches: int) -> dict:
     }
 
 
-def plot(results: dict[str, dict], out: Path) -> list[Path]:
-    """PNGs in the paper's style: one curve per layer (frequency response), base vs GFSA side by side."""
-    plt = pyplot()
-    files = []
-    names = list(results)
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False, sharey=True)
-    for ax, name in zip(axes[0], names, strict=True):
-        r = results[name]
-        rows = [row for row in r["layers"] if "frequency_response" in row]
-        cmap = plt.get_cmap("viridis")
-        for j, row in enumerate(rows):
-            ax.plot(
-                r["normalized_frequency"],
-                row["frequency_response"],
-                color=cmap(j / max(len(rows) - 1, 1)),
-                label=f"layer {row['layer'] + 1}",
-            )
-        ax.set_title(f"{name}: {r['backbone']} on {r['task']}")
-        ax.set_xlabel("normalized frequency k/n")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("|λ_k| (mean over heads, samples)")
-    axes[0][-1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    files.append(out / "frequency_response.png")
-    fig.savefig(files[-1], dpi=120)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-    for name, r in results.items():
-        layers = [row["layer"] + 1 for row in r["layers"] if "cosine_similarity" in row]
-        axes[0].plot(
-            layers,
-            [row["cosine_similarity"] for row in r["layers"] if "cosine_similarity" in row],
-            marker="o",
-            label=name,
-        )
-        axes[1].plot(
-            layers, [row["hf_energy_ratio"] for row in r["layers"] if "hf_energy_ratio" in row], marker="o", label=name
-        )
-        sv = r["last_layer_singular_values"]
-        axes[2].plot(range(1, len(sv) + 1), sv, label=name)
-    axes[0].set(title="cosine similarity of tokens", xlabel="layer")
-    axes[1].set(title="high/low-frequency energy of tokens", xlabel="layer", yscale="log")
-    axes[2].set(title="normalized singular values, last layer", xlabel="index", yscale="log")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    files.append(out / "oversmoothing.png")
-    fig.savefig(files[-1], dpi=120)
-    plt.close(fig)
-    return files
+def _pm(row: dict, key: str) -> str:
+    if key not in row:
+        return "—"
+    std = row.get(f"{key}_std")
+    return f"{row[key]:.3f}" + (f" ± {std:.3f}" if std is not None else "")
 
 
 def print_summary(results: dict[str, dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    ns = sorted({r.get("n", 1) for r in results.values()})
     table = Table(
-        title="oversmoothing per layer (cos: token cosine similarity, HF/DC: energy ratio, hf gain: mean |λ_k>0|)"
+        title="oversmoothing per layer (cos: token cosine similarity, HF/DC: energy ratio, hf gain: mean |λ_k>0|)",
+        caption="mean over samples; "
+        + ("one seed" if ns == [1] else f"over seeds: mean ± sample std, n = {'/'.join(map(str, ns))} seeds")
+        + "; *: a layer with GFSA",
     )
     table.add_column("layer", justify="right")
     for name in results:
         for col in ("cos", "HF/DC", "hf gain"):
             table.add_column(f"{col} ({name})", justify="right")
+    patched = {int(i) for name, r in results.items() if name != "baseline" for i in (r.get("gfsa_layers") or [])}
     n = max(len(r["layers"]) for r in results.values())
     for i in range(n):
-        cells = [str(i + 1)]
+        cells = [f"{i + 1}{'*' if i in patched else ''}"]
         for r in results.values():
             row = r["layers"][i] if i < len(r["layers"]) else {}
-            cells += [f"{row[k]:.3f}" if k in row else "—" for k in ("cosine_similarity", "hf_energy_ratio", "hf_gain")]
+            cells += [_pm(row, k) for k in ("cosine_similarity", "hf_energy_ratio", "hf_gain")]
         table.add_row(*cells)
-    Console().print(table)
+    console = Console()
+    (console if console.is_terminal else Console(width=200)).print(table)  # a pipe or log: no wrapped cells
 
 
-def analyze(path: str, baseline: str | None = None, batches: int = 4, out: str | None = None) -> dict:
-    """``gfsa analyze``: JSON and PNGs for a run (and its baseline, found beside it or given)."""
+def _same_config(records: list[tuple[Path, dict]]) -> None:
+    from gfsa.runner import results as R
+
+    keys = {R.run_key({**rec["config"], "seed": None}) for _, rec in records}
+    if len(keys) > 1:
+        dirs = ", ".join(str(d) for d, _ in records)
+        raise AnalyzeError(f"the runs {dirs} differ in more than the seed: pass the seeds of one config")
+    seeds = [rec.get("seed") for _, rec in records]
+    if len(set(seeds)) < len(seeds):
+        raise AnalyzeError(f"seed {max(seeds, key=seeds.count)} is passed twice: pass each seed's run once")
+
+
+def analyze(
+    paths: str | list[str], baseline: str | None = None, batches: int = 4, out: str | None = None
+) -> dict[str, dict]:
+    """``gfsa analyze``: JSON and figures for the seeds of a run (and their baselines, found beside each
+    run or given); returns ``{"baseline": …, <variant>: …}`` as :func:`over_seeds` combines them."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if batches < 1:
         raise AnalyzeError(f"--batches {batches}: measure at least 1 validation batch")
-    run_dir, record, ckpt = locate(path)
-    runs = {}
-    base_dir = Path(baseline) if baseline else baseline_of(run_dir, record)
-    if base_dir is not None:
-        b_dir, b_record, b_ckpt = locate(base_dir)
-        runs["baseline"] = measure(b_dir, b_record, b_ckpt, batches)
-    runs[record.get("variant") or "run"] = measure(run_dir, record, ckpt, batches)
-    out_dir = Path(out) if out else run_dir / "analysis"
+    if baseline and len(paths) > 1:
+        raise AnalyzeError("--baseline goes with one run: several runs each use the baseline beside them")
+    located = [locate(p) for p in paths]
+    _same_config([(run_dir, record) for run_dir, record, _ in located])
+    bases = []
+    for run_dir, record, _ in located:
+        base_dir = Path(baseline) if baseline else baseline_of(run_dir, record)
+        bases.append(None if base_dir is None else locate(base_dir))
+    if any(b is not None for b in bases) and any(b is None for b in bases):
+        missing = next(str(d) for (d, _, _), b in zip(located, bases, strict=True) if b is None)
+        raise AnalyzeError(
+            f"no baseline beside {missing}: train it (gfsa.layers=none, same seed) or analyze the runs that have one"
+        )
+    runs: dict[str, list[dict]] = {}
+    if bases[0] is not None:
+        runs["baseline"] = [measure(d, rec, ck, batches) for d, rec, ck in bases]
+    name = located[0][1].get("variant") or "run"
+    runs[name if name not in runs else f"{name} (run)"] = [measure(d, rec, ck, batches) for d, rec, ck in located]
+    combined = {k: over_seeds(v) for k, v in runs.items()}
+    out_dir = Path(out) if out else located[0][0] / "analysis"
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "analysis.json").write_text(json.dumps(runs, indent=1) + "\n")
-    files = plot(runs, out_dir)
-    print_summary(runs)
-    print(f"wrote {out_dir / 'analysis.json'}, " + ", ".join(str(f) for f in files), file=sys.stdout)
-    return runs
+    (out_dir / "analysis.json").write_text(json.dumps(combined, indent=1) + "\n")
+    charts = plot(combined, out_dir)
+    print_summary(combined)
+    formats = ",".join(p.suffix[1:] for p in charts[0].files)
+    print(f"wrote {out_dir}: analysis.json, " + ", ".join(f"{c.png.stem}.{{{formats}}}" for c in charts))
+    return combined
 
 
 def main_cli(argv: list[str]) -> None:
@@ -200,13 +190,19 @@ def main_cli(argv: list[str]) -> None:
 
     p = argparse.ArgumentParser(prog="gfsa analyze", description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "run", help="a finished run directory (with result.json and checkpoints/last.ckpt) or its checkpoint"
+        "runs",
+        nargs="+",
+        metavar="run",
+        help="finished run directories (with result.json and checkpoints/last.ckpt) or their checkpoints: "
+        "one run, or the seeds of one config (figures and table show the mean over seeds ± std)",
     )
-    p.add_argument("--baseline", help="the baseline run to compare with (default: the paired baseline beside the run)")
+    p.add_argument(
+        "--baseline", help="with one run: the baseline run to compare with (default: the paired baseline beside it)"
+    )
     p.add_argument("--batches", type=int, default=4, help="validation batches to measure (default 4)")
     p.add_argument("--out", help="output directory (default: <run dir>/analysis)")
     args = p.parse_args(argv)
     try:
-        analyze(args.run, args.baseline, args.batches, args.out)
+        analyze(args.runs, args.baseline, args.batches, args.out)
     except (AnalyzeError, UnsupportedModelError, ConfigError) as e:
         fail(str(e))

@@ -45,13 +45,7 @@ def _half_on_grid(resp: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """A full response (n,) as a function of k/n, on the normalised-frequency ``grid`` (⊂ [0, 1/2])."""
     n = resp.shape[-1]
     freqs = torch.arange(n // 2 + 1, dtype=torch.float64) / n
-    half = resp[: n // 2 + 1].cpu()
-    if len(freqs) == len(grid) and torch.allclose(freqs, grid):
-        return half
-    idx = torch.searchsorted(freqs, grid.clamp(max=freqs[-1])).clamp(1, len(freqs) - 1)
-    lo, hi = freqs[idx - 1], freqs[idx]
-    t = ((grid - lo) / (hi - lo)).clamp(0, 1)
-    return half[idx - 1] * (1 - t) + half[idx] * t
+    return _half_on_grid_values(freqs, resp[: n // 2 + 1].cpu(), grid)
 
 
 class LayerStats:
@@ -109,3 +103,68 @@ class LayerStats:
             singular = torch.stack([s[:k] for s in spectra]).mean(dim=0).tolist()
         grid = self.grid.tolist() if self.grid is not None else []
         return {"normalized_frequency": grid, "layers": out, "last_layer_singular_values": singular}
+
+
+SCALARS = ("cosine_similarity", "hf_energy_ratio", "dc_gain", "hf_gain")
+CURVES = ("frequency_response",)
+
+
+def _mean_std(values: list) -> tuple:
+    """Mean and sample std of numbers, or pointwise of equal-length lists (std None for one value)."""
+    t = torch.tensor(values, dtype=torch.float64)
+    std = t.std(dim=0, correction=1).tolist() if len(values) > 1 else None
+    return t.mean(dim=0).tolist(), std
+
+
+def over_seeds(runs: list[dict]) -> dict:
+    """Measurements of one config's seeds (:func:`gfsa.ops.analysis.measure` results) combined: per layer
+    the mean of each measurement over seeds, its sample std (``<name>_std``; None for one seed) and ``n``;
+    curves pointwise, on the first run's frequency grid (others are interpolated onto it)."""
+    first = runs[0]
+    grid = torch.tensor(first["normalized_frequency"], dtype=torch.float64)
+    out_layers = []
+    for i, row in enumerate(first["layers"]):
+        rows = [r["layers"][i] for r in runs if i < len(r["layers"])]
+        out = {"layer": row["layer"], "n": len(rows)}
+        for key in SCALARS:
+            values = [r[key] for r in rows if key in r]
+            if values:
+                out[key], out[f"{key}_std"] = _mean_std(values)
+        for key in CURVES:
+            curves = []
+            for run, r in zip(runs, rows, strict=False):
+                if key in r:
+                    freqs = torch.tensor(run["normalized_frequency"], dtype=torch.float64)
+                    curves.append(_half_on_grid_values(freqs, torch.tensor(r[key], dtype=torch.float64), grid))
+            if curves:
+                out[key], out[f"{key}_std"] = _mean_std([c.tolist() for c in curves])
+        out_layers.append(out)
+    spectra = [r["last_layer_singular_values"] for r in runs if r["last_layer_singular_values"]]
+    k = min((len(s) for s in spectra), default=0)
+    singular, singular_std = _mean_std([s[:k] for s in spectra]) if k else ([], None)
+    keep = {key: first[key] for key in ("variant", "backbone", "task", "gfsa_layers", "batches") if key in first}
+    single = {"run_dir": first["run_dir"], "coefficients": first.get("coefficients", {})} if len(runs) == 1 else {}
+    return {
+        **keep,
+        **single,
+        "n": len(runs),
+        "seeds": [r.get("seed") for r in runs],
+        "run_dirs": [r["run_dir"] for r in runs],
+        "normalized_frequency": grid.tolist(),
+        "layers": out_layers,
+        "last_layer_singular_values": singular,
+        "last_layer_singular_values_std": singular_std,
+        "runs": runs,
+    }
+
+
+def _half_on_grid_values(freqs: torch.Tensor, values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """A half spectrum given on ``freqs`` (increasing, ⊂ [0, 1/2]), linearly interpolated onto ``grid``."""
+    if len(freqs) == len(grid) and torch.allclose(freqs, grid):
+        return values
+    if len(freqs) == 1:
+        return values.expand(len(grid)).clone()
+    idx = torch.searchsorted(freqs, grid.clamp(max=freqs[-1])).clamp(1, len(freqs) - 1)
+    lo, hi = freqs[idx - 1], freqs[idx]
+    t = ((grid - lo) / (hi - lo)).clamp(0, 1)
+    return values[idx - 1] * (1 - t) + values[idx] * t

@@ -3,7 +3,7 @@
 Reads results records (``result.json`` under the given directories, or W&B runs), counts each run
 once, pairs every GFSA or compared-method run with its baseline by config (``pair_key`` + seed, as
 :mod:`gfsa.runner.results` does), aggregates over seeds and sets the paper's numbers (``experiments/*.yaml``)
-beside ours. Writes Markdown + CSV tables and PNG charts, prints the tables with rich, and can publish
+beside ours. Writes Markdown + CSV tables and figures (PNG, PDF, SVG), prints the tables with rich, and can publish
 a W&B report. Pure Python + Hydra + matplotlib: no torch model code, no Lightning.
 
 One stage per module, each importing only the ones before it:
@@ -12,13 +12,13 @@ One stage per module, each importing only the ones before it:
 - :mod:`.resolve`: the backbone/task names a paper cell composes to, read from ``conf/`` without Hydra;
 - :mod:`.match`: records matched to paper cells (how: see its docstring), composed cells cached on disk;
 - :mod:`.aggregate`: cells filled with runs, gains over paired seeds, the generic table (:func:`build`);
-- :mod:`.render`: Markdown, CSV and terminal tables; :mod:`.charts`: PNG charts;
+- :mod:`.render`: Markdown, CSV and terminal tables; :mod:`.charts`: the figures;
 - :mod:`.publish`: the report's files (:func:`write`) and the W&B report;
 - :mod:`.cli`: ``gfsa report`` (:func:`run`, :func:`main_cli`).
 """
 
-from gfsa.ops.report.aggregate import DOMAINS, Report, Row, Stat, build, stat
-from gfsa.ops.report.charts import chart_domains, chart_overhead, chart_table
+from gfsa.ops.report.aggregate import CONFIDENCE, DOMAINS, Report, Row, Stat, build, stat
+from gfsa.ops.report.charts import chart_domains, chart_layers, chart_lra, chart_overhead, chart_radar, chart_table
 from gfsa.ops.report.cli import main_cli, run
 from gfsa.ops.report.collect import (
     LOWER_IS_BETTER,
@@ -47,6 +47,7 @@ from gfsa.ops.report.resolve import cell_names
 from gfsa.ops.tables import load_tables  # the paper tables the report reads (rp.build(..., rp.load_tables(dir)))
 
 __all__ = [
+    "CONFIDENCE",
     "CSV_FIELDS",
     "DOMAINS",
     "GENERIC_COLUMNS",
@@ -64,7 +65,10 @@ __all__ = [
     "cell_names",
     "cell_views",
     "chart_domains",
+    "chart_layers",
+    "chart_lra",
     "chart_overhead",
+    "chart_radar",
     "chart_table",
     "collect",
     "csv_row",

@@ -26,11 +26,24 @@ DOMAINS = (  # table name prefix → the domain of the paper's Figure 1
 )
 
 
+CONFIDENCE = 0.95  # the level of the paired-seed intervals of gains
+
+
 @dataclass
 class Stat:
     mean: float
     std: float | None  # sample standard deviation; None for a single value
     n: int
+
+    def interval(self, level: float = CONFIDENCE) -> tuple[float, float] | None:
+        """Student-t interval of the mean (n − 1 degrees of freedom); None below two values. Of a gain
+        (per-seed differences against the same seed's baseline) it is the paired t-interval."""
+        if self.std is None or self.n < 2:
+            return None
+        from scipy.stats import t
+
+        half = float(t.ppf(0.5 + level / 2, self.n - 1)) * self.std / self.n**0.5
+        return self.mean - half, self.mean + half
 
 
 def stat(values: Iterable[float | None]) -> Stat | None:

@@ -80,7 +80,7 @@ def run(
         raise ReportError(
             f"cannot write the report to {out_dir} ({e.strerror or e}): pass --out <writable dir>"
         ) from None
-    echo(f"wrote {out_dir / 'report.md'} ({sum(len(v) for v in files.values())} files: Markdown, CSV, PNG)")
+    echo(f"wrote {out_dir / 'report.md'} ({sum(len(v) for v in files.values())} files: Markdown, CSV, PNG/PDF/SVG)")
     if publish:
         publish_report(report, wandb_path, mode, out_dir, echo)
     return report

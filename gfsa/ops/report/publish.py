@@ -1,4 +1,4 @@
-"""Writing the report (Markdown, CSV, PNG) and publishing it to W&B."""
+"""Writing the report (Markdown, CSV, figures as PNG + PDF + SVG) and publishing it to W&B."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gfsa.ops.report.aggregate import Report
-from gfsa.ops.report.charts import chart_domains, chart_overhead, chart_table
+from gfsa.ops.report.charts import chart_domains, chart_layers, chart_lra, chart_overhead, chart_radar, chart_table
 from gfsa.ops.report.collect import ReportError
 from gfsa.ops.report.render import (
+    GENERIC_CAPTION,
     GENERIC_COLUMNS,
     PAPER_COLUMNS,
     caption,
@@ -22,7 +23,7 @@ from gfsa.ops.report.render import (
 
 
 def write(report: Report, out: Path) -> dict[str, list[Path]]:
-    """Markdown + CSV per table (and the generic one), PNG charts, and report.md with all of it."""
+    """Markdown + CSV per table (and the generic one), figures (PNG, PDF, SVG), and report.md with all of it."""
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[Path]] = defaultdict(list)
     doc = ["# GFSA results", ""]
@@ -31,13 +32,17 @@ def write(report: Report, out: Path) -> dict[str, list[Path]]:
         f"{len(c.runs)} runs from {c.read} records; {len(c.duplicates)} duplicates counted once "
         f"(same config and seed), {len(c.skipped)} skipped."
     )
-    for name, png in (
-        ("improvement by domain", chart_domains(report, out / "improvement_by_domain.png")),
-        ("cost vs gain", chart_overhead(report, out / "overhead_vs_improvement.png")),
+    for name, stem, chart in (
+        ("improvement by domain", "improvement_by_domain", chart_domains),
+        ("improvement per backbone", "improvement_radar", chart_radar),
+        ("GFSA on selected vs all layers", "selected_layers", chart_layers),
+        ("LRA ListOps: accuracy, step time, memory", "lra_listops", chart_lra),
+        ("cost vs gain", "overhead_vs_improvement", chart_overhead),
     ):
-        if png:
-            files["charts"].append(png)
-            doc += ["", f"![{name}]({png.name})"]
+        made = chart(report, out / stem)
+        if made:
+            files["charts"] += made.files
+            doc += ["", f"![{name}]({made.png.name})"]
     for table, rows in report.tables.values():
         md = markdown(PAPER_COLUMNS, [paper_cells(r) for r in rows])
         if departures(rows):  # the cells marked † and how their recipes depart from the official ones
@@ -46,16 +51,16 @@ def write(report: Report, out: Path) -> dict[str, list[Path]]:
         write_csv(out / f"{table.name}.csv", rows)
         files[table.name] += [out / f"{table.name}.md", out / f"{table.name}.csv"]
         doc += ["", f"## {table.title}", "", caption(table), "", md]
-        png = chart_table(table, rows, out / f"{table.name}.png")
-        if png:
-            files[table.name].append(png)
-            doc += ["", f"![{table.name}]({png.name})"]
+        made = chart_table(table, rows, out / table.name)
+        if made:
+            files[table.name] += made.files
+            doc += ["", f"![{table.name}]({made.png.name})"]
     if report.generic:
         md = markdown(GENERIC_COLUMNS, [generic_cells(r) for r in report.generic])
-        (out / "other.md").write_text(f"## Runs that match no paper cell\n\n{md}\n")
+        (out / "other.md").write_text(f"## Runs that match no paper cell\n\n{GENERIC_CAPTION}\n\n{md}\n")
         write_csv(out / "other.csv", report.generic)
         files["other"] += [out / "other.md", out / "other.csv"]
-        doc += ["", "## Runs that match no paper cell (raw metric units)", "", md]
+        doc += ["", "## Runs that match no paper cell", "", GENERIC_CAPTION, "", md]
     if report.warnings:
         doc += ["", "## Warnings", ""] + [f"- {w}" for w in report.warnings]
     (out / "report.md").write_text("\n".join(doc) + "\n")

@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
-from gfsa.ops.report.aggregate import Report, Row, Stat
+from gfsa.ops.report.aggregate import CONFIDENCE, Report, Row, Stat
 from gfsa.ops.tables import Table
 
 
@@ -31,6 +31,20 @@ def _pm(s: Stat | None, signed: bool = False) -> str:
     return _num(s.mean, signed, d) + (f" ± {_num(s.std, digits=d)}" if s.std is not None else "")
 
 
+CI = f"{CONFIDENCE:.0%} CI"
+
+
+def _ci(s: Stat | None) -> str:
+    """The paired-seed t-interval of a gain and its number of pairs: ``[+0.56, +4.39] n=3``."""
+    if s is None:
+        return "missing"
+    ci = s.interval()
+    if ci is None:
+        return f"— n={s.n}"
+    d = _digits(s.mean)
+    return f"[{_num(ci[0], True, d)}, {_num(ci[1], True, d)}] n={s.n}"
+
+
 PAPER_COLUMNS = (
     "row",
     "column",
@@ -41,6 +55,7 @@ PAPER_COLUMNS = (
     "Δ paper",
     "gain %",
     "gain pts",
+    f"gain {CI}",
     "paper gain",
     "Δ gain",
 )
@@ -54,6 +69,7 @@ GENERIC_COLUMNS = (
     "baseline",
     "gain %",
     "gain abs",
+    f"gain % {CI}",
     "+params",
     "time Δ %",
 )
@@ -71,6 +87,7 @@ def paper_cells(row: Row) -> list[str]:
         _num(row.vs_paper, True, None if row.paper is None else _digits(row.paper)),
         "" if row.variant == "baseline" else _pm(row.gain_pct, True),
         "" if row.variant == "baseline" else _pm(row.gain_abs, True),
+        "" if row.variant == "baseline" else _ci(row.gain),
         "" if row.variant == "baseline" else _num(row.paper_gain, True),
         "" if row.variant == "baseline" else _num(row.gain_vs_paper, True),
     ]
@@ -88,6 +105,7 @@ def generic_cells(row: Row) -> list[str]:
         "" if base else _pm(row.baseline),
         "" if base else _pm(row.gain_pct, True),
         "" if base else _pm(row.gain_abs, True),
+        "" if base else _ci(row.gain_pct),
         str(row.added_parameters or 0),
         "" if base else _pm(row.overhead_pct, True),
     ]
@@ -105,8 +123,16 @@ def caption(table: Table) -> str:
     unit = "relative %" if table.improvement == "relative" else "absolute points"
     return (
         f"{table.title} — values × {table.scale:g} (paper units), {table.direction} is better; "
-        f"paper gain and Δ gain in {unit}; mean ± std over seeds, gains over seeds paired with their baseline"
+        f"paper gain and Δ gain in {unit}; mean ± sample std over the n seeds; gains per seed against the "
+        f"baseline of the same seed, their {CI} the Student-t interval of the mean paired gain ({unit}, n = pairs)"
     )
+
+
+GENERIC_CAPTION = (
+    "runs that match no paper cell, per backbone/task and config (raw metric units); mean ± sample std over the "
+    f"n seeds; gains per seed against the baseline of the same seed, their {CI} the Student-t interval of the "
+    "mean paired gain (relative %, n = pairs); time Δ: step time vs the baseline"
+)
 
 
 def markdown(columns: Iterable[str], rows: list[list[str]]) -> str:
@@ -133,10 +159,15 @@ CSV_FIELDS = (
     "gain_pct_std",
     "gain_abs_mean",
     "gain_abs_std",
+    "gain_pct_ci_low",
+    "gain_pct_ci_high",
+    "gain_abs_ci_low",
+    "gain_abs_ci_high",
     "pairs",
     "paper_gain",
     "gain_vs_paper",
     "step_time_overhead_pct",
+    "step_time_overhead_pct_std",
     "added_parameters",
     "seeds",
     "runs",
@@ -150,6 +181,10 @@ def csv_row(row: Row) -> dict:
 
     def sd(s):
         return None if s is None else s.std
+
+    def ci(s, i):
+        bounds = None if s is None else s.interval()
+        return None if bounds is None else bounds[i]
 
     return {
         "table": row.table,
@@ -168,10 +203,15 @@ def csv_row(row: Row) -> dict:
         "gain_pct_std": sd(row.gain_pct),
         "gain_abs_mean": m(row.gain_abs),
         "gain_abs_std": sd(row.gain_abs),
+        "gain_pct_ci_low": ci(row.gain_pct, 0),
+        "gain_pct_ci_high": ci(row.gain_pct, 1),
+        "gain_abs_ci_low": ci(row.gain_abs, 0),
+        "gain_abs_ci_high": ci(row.gain_abs, 1),
         "pairs": row.gain_pct.n if row.gain_pct else 0,
         "paper_gain": row.paper_gain,
         "gain_vs_paper": row.gain_vs_paper,
         "step_time_overhead_pct": m(row.overhead_pct),
+        "step_time_overhead_pct_std": sd(row.overhead_pct),
         "added_parameters": row.added_parameters,
         "seeds": " ".join(str(r.seed) for r in row.runs),
         "runs": " ".join(r.source for r in row.runs),
@@ -205,7 +245,7 @@ def print_tables(report: Report, console=None) -> None:
         for line in departures(rows):
             console.print(Text(line), style="dim")
     if report.generic:
-        t = RichTable(title="runs that match no paper cell, per backbone/task (raw metric units)")
+        t = RichTable(title="runs that match no paper cell", caption=GENERIC_CAPTION)
         for c in GENERIC_COLUMNS:
             t.add_column(c, justify="left" if c in ("backbone", "task", "variant", "metric") else "right")
         for row in report.generic:
