@@ -150,7 +150,7 @@ def test_attention_grid_prints_the_auto_table(tmp_path):
         assert row["auto_over_best"] == pytest.approx(row["impls"][row["auto_impl"]]["time_ms"] / min(fused, mat))
         assert row["faster"] in ("fused", "materialized", "either (noise)")
         assert len(row["impls"]["fused"]["times_ms"]) == 1  # --fast: one repetition
-    assert "Suggested table for gfsa/nn/kernels.py" in proc.stdout
+    assert "Suggested table for gfsa/nn/dispatch.py" in proc.stdout
     # The printed table is valid Python of kernels.py's shape, after its comment line.
     table = ast.literal_eval(result["suggested_python"].split("AUTO_EXPLICIT_MAX_LEN = ", 1)[1])
     assert set(table) == {("cpu", p, a) for p in ("fp32", "bf16") for a in ("full", "causal")}

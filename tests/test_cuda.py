@@ -17,7 +17,7 @@ import torch
 from test_functional import make_mask, naive_gfsa
 
 import gfsa
-from gfsa.nn import kernels
+from gfsa.nn import dispatch
 from gfsa.nn.attention import GFSACoefficients
 from gfsa.nn.functional import gfsa_attention
 
@@ -124,7 +124,7 @@ def test_auto_follows_the_table_and_dropout_needs_the_explicit_matrix():
     B, H, L, D = 1, 2, 64, 32
     q, k, v = (torch.randn(B, H, L, D, device=DEVICE) for _ in range(3))
     wK = torch.full((H,), 0.3, device=DEVICE)
-    path = kernels.table_impl(q)
+    path = dispatch.table_impl(q)
     assert path in ("fused", "materialized")
     assert torch.equal(gfsa_attention(q, k, v, 0.0, 1.0, wK, 3), gfsa_attention(q, k, v, 0.0, 1.0, wK, 3, impl=path))
     torch.manual_seed(3)
@@ -134,22 +134,22 @@ def test_auto_follows_the_table_and_dropout_needs_the_explicit_matrix():
 
 
 def test_autotune_measures_on_the_device(monkeypatch):
-    monkeypatch.delenv(kernels.AUTOTUNE_CACHE_ENV, raising=False)
-    kernels.autotune_reset()
-    previous = kernels.autotune(True)
+    monkeypatch.delenv(dispatch.AUTOTUNE_CACHE_ENV, raising=False)
+    dispatch.autotune_reset()
+    previous = dispatch.autotune(True)
     try:
         q, k, v = (torch.randn(2, 4, 96, 32, device=DEVICE, requires_grad=True) for _ in range(3))
         wK = torch.full((4,), 0.3, device=DEVICE, requires_grad=True)
         out = gfsa_attention(q, k, v, 0.0, 1.0, wK, 3, is_causal=True)
-        (choice,) = kernels.autotune_choices().items()
+        (choice,) = dispatch.autotune_choices().items()
         key, entry = choice
         assert key == f"{torch.device(DEVICE).type}|float32|causal|32|128|tensor|train"
         assert entry["fused_ms"] > 0 and entry["materialized_ms"] > 0
         assert entry["impl"] == min(("fused", "materialized"), key=lambda i: entry[f"{i}_ms"])
         assert torch.equal(out, gfsa_attention(q, k, v, 0.0, 1.0, wK, 3, is_causal=True, impl=entry["impl"]))
     finally:
-        kernels.autotune(previous)
-        kernels.autotune_reset()
+        dispatch.autotune(previous)
+        dispatch.autotune_reset()
 
 
 def test_fused_path_memory_grows_linearly_with_the_length():

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gfsa.nn import kernels
+from gfsa.nn import dispatch, kernels
 from gfsa.nn.functional import attention_probs, gfsa_apply, gfsa_attention, gfsa_filter, gfsa_linear_attention
 
 F64 = torch.float64
@@ -333,7 +333,7 @@ def test_auto_picks_the_table_path_by_length_and_materialized_with_dropout(monke
     args = (q, k, v, 0.1, 1.0, rand(H), 3)
     entry = ("cpu", "fp32", "causal" if is_causal else "full")
     for limit, expected in ((L, "materialized"), (L - 1, "fused")):
-        monkeypatch.setitem(kernels.AUTO_EXPLICIT_MAX_LEN, entry, {D: limit})
+        monkeypatch.setitem(dispatch.AUTO_EXPLICIT_MAX_LEN, entry, {D: limit})
         auto = gfsa_attention(*args, is_causal=is_causal, impl="auto")
         assert torch.equal(auto, gfsa_attention(*args, is_causal=is_causal, impl=expected)), limit
     results = {}
@@ -354,7 +354,7 @@ def test_auto_table_by_device_precision_causality_and_head_size(monkeypatch):
         ("cpu", "bf16", "full"): {64: 40},
         ("cpu", "fp16", "full"): {64: 60},
     }
-    monkeypatch.setattr(kernels, "AUTO_EXPLICIT_MAX_LEN", table)
+    monkeypatch.setattr(dispatch, "AUTO_EXPLICIT_MAX_LEN", table)
     for dtype, L, d, is_causal, expected in [
         (torch.float32, 100, 64, False, "materialized"),
         (torch.float32, 101, 64, False, "fused"),
@@ -370,35 +370,35 @@ def test_auto_table_by_device_precision_causality_and_head_size(monkeypatch):
         (torch.bfloat16, 4, 64, True, "fused"),  # no (cpu, bf16, causal) entry
     ]:
         q = torch.zeros(1, 2, L, d, dtype=dtype)
-        assert kernels.table_impl(q, is_causal) == expected, (dtype, L, d, is_causal)
-        assert kernels.auto_impl(q, 0.0, is_causal) == expected, (dtype, L, d, is_causal)
+        assert dispatch.table_impl(q, is_causal) == expected, (dtype, L, d, is_causal)
+        assert dispatch.auto_impl(q, 0.0, is_causal) == expected, (dtype, L, d, is_causal)
     q = torch.zeros(1, 2, 48, 64)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 inputs computed in bf16: bf16's entry
-        assert kernels.auto_impl(q) == "fused"
-    assert kernels.auto_impl(q) == "materialized"
-    assert kernels.auto_impl(torch.zeros(1, 2, 48, 64, device="meta")) == "fused"
-    assert kernels.auto_impl(torch.zeros(1, 2, 4096, 64), dropout_p=0.1) == "materialized"
+        assert dispatch.auto_impl(q) == "fused"
+    assert dispatch.auto_impl(q) == "materialized"
+    assert dispatch.auto_impl(torch.zeros(1, 2, 48, 64, device="meta")) == "fused"
+    assert dispatch.auto_impl(torch.zeros(1, 2, 4096, 64), dropout_p=0.1) == "materialized"
 
 
 def test_default_table_sends_long_full_attention_to_the_flash_kernel():
     """fp32 full attention at 2048 tokens: fused (materialized was 20–50% slower there), 1024: materialized."""
     for L, expected in ((512, "materialized"), (1024, "materialized"), (2048, "fused"), (4096, "fused")):
-        assert kernels.table_impl(torch.empty(1, 1, L, 64)) == expected, L
-    assert kernels.table_impl(torch.empty(1, 1, 1024, 64), is_causal=True) == "fused"
-    assert kernels.table_impl(torch.empty(1, 1, 512, 64, dtype=torch.bfloat16), is_causal=True) == "materialized"
+        assert dispatch.table_impl(torch.empty(1, 1, L, 64)) == expected, L
+    assert dispatch.table_impl(torch.empty(1, 1, 1024, 64), is_causal=True) == "fused"
+    assert dispatch.table_impl(torch.empty(1, 1, 512, 64, dtype=torch.bfloat16), is_causal=True) == "materialized"
 
 
 @pytest.fixture
 def autotuning(monkeypatch):
     """Measuring on, from a clean slate, restored afterwards."""
-    monkeypatch.delenv(kernels.AUTOTUNE_ENV, raising=False)
-    monkeypatch.delenv(kernels.AUTOTUNE_CACHE_ENV, raising=False)
-    kernels.autotune_reset()
-    previous = kernels.autotune(True)
+    monkeypatch.delenv(dispatch.AUTOTUNE_ENV, raising=False)
+    monkeypatch.delenv(dispatch.AUTOTUNE_CACHE_ENV, raising=False)
+    dispatch.autotune_reset()
+    previous = dispatch.autotune(True)
     yield
-    kernels.autotune(previous)
-    monkeypatch.setattr(kernels, "_autotune", None)
-    kernels.autotune_reset()
+    dispatch.autotune(previous)
+    monkeypatch.setattr(dispatch, "_autotune", None)
+    dispatch.autotune_reset()
 
 
 def _call(L=24, H=2, grad=True, coef=None, **kw):
@@ -411,7 +411,7 @@ def _call(L=24, H=2, grad=True, coef=None, **kw):
 def test_autotune_measures_each_kind_once_and_takes_the_faster_path(autotuning):
     args, _ = _call()
     out = gfsa_attention(*args)
-    choices = kernels.autotune_choices()
+    choices = dispatch.autotune_choices()
     assert list(choices) == ["cpu|float32|full|8|32|tensor|train"]
     (choice,) = choices.values()
     assert choice["fused_ms"] > 0 and choice["materialized_ms"] > 0
@@ -423,14 +423,14 @@ def test_autotune_measures_each_kind_once_and_takes_the_faster_path(autotuning):
     assert all(t.grad is not None for t in (q, k, v, wK))
 
     gfsa_attention(*_call(L=30)[0])  # same bucket (≤ 32 tokens): no new measurement
-    assert kernels.autotune_choices() == choices
+    assert dispatch.autotune_choices() == choices
     with torch.no_grad():
         gfsa_attention(*args)  # forward only: its own kind
     gfsa_attention(*_call(coef=0.2)[0])  # plain-number coefficients
     gfsa_attention(*args, is_causal=True)
     gfsa_attention(*args, attn_mask=torch.ones(24, 24, dtype=torch.bool))
     gfsa_attention(*_call(L=40)[0])
-    assert set(kernels.autotune_choices()) == {
+    assert set(dispatch.autotune_choices()) == {
         "cpu|float32|full|8|32|tensor|train",
         "cpu|float32|full|8|32|tensor|infer",
         "cpu|float32|full|8|32|number|train",
@@ -439,19 +439,19 @@ def test_autotune_measures_each_kind_once_and_takes_the_faster_path(autotuning):
         "cpu|float32|full|8|64|tensor|train",
     }
     q, k, v, w0, w1, wK, _ = args
-    assert kernels.auto_impl(q, 0.0, False, None, (w0, w1, wK), inputs=args) == choice["impl"]
-    kernels.autotune(False)  # off: the table again, nothing measured
+    assert dispatch.auto_impl(q, 0.0, False, None, (w0, w1, wK), inputs=args) == choice["impl"]
+    dispatch.autotune(False)  # off: the table again, nothing measured
     gfsa_attention(*_call(L=100)[0])
-    assert len(kernels.autotune_choices()) == 6
-    assert kernels.auto_impl(q, 0.0, False, None, (w0, w1, wK), inputs=args) == kernels.table_impl(q)
+    assert len(dispatch.autotune_choices()) == 6
+    assert dispatch.auto_impl(q, 0.0, False, None, (w0, w1, wK), inputs=args) == dispatch.table_impl(q)
 
 
 def test_autotune_from_the_environment_keeps_choices_in_a_cache_file(autotuning, monkeypatch, tmp_path):
-    kernels.autotune_reset()
-    monkeypatch.setattr(kernels, "_autotune", None)  # as a fresh process: the environment decides
+    dispatch.autotune_reset()
+    monkeypatch.setattr(dispatch, "_autotune", None)  # as a fresh process: the environment decides
     cache = tmp_path / "autotune.json"
-    monkeypatch.setenv(kernels.AUTOTUNE_ENV, "1")
-    monkeypatch.setenv(kernels.AUTOTUNE_CACHE_ENV, str(cache))
+    monkeypatch.setenv(dispatch.AUTOTUNE_ENV, "1")
+    monkeypatch.setenv(dispatch.AUTOTUNE_CACHE_ENV, str(cache))
     args, _ = _call()
     gfsa_attention(*args)
     data = json.loads(cache.read_text())
@@ -464,17 +464,17 @@ def test_autotune_from_the_environment_keeps_choices_in_a_cache_file(autotuning,
     other = "fused" if data["entries"][key]["impl"] == "materialized" else "materialized"
     data["entries"][key] = {"impl": other, "fused_ms": None, "materialized_ms": None}
     cache.write_text(json.dumps(data))
-    kernels.autotune_reset()
+    dispatch.autotune_reset()
     assert torch.equal(gfsa_attention(*args), gfsa_attention(*args, impl=other))
-    assert kernels.autotune_choices()[key.split(" @ ")[0]]["impl"] == other
+    assert dispatch.autotune_choices()[key.split(" @ ")[0]]["impl"] == other
 
     cache.write_text("not json")  # unreadable: one warning, then measured as without a file
-    kernels.autotune_reset()
+    dispatch.autotune_reset()
     with pytest.warns(UserWarning, match="GFSA_AUTOTUNE_CACHE=.*not read"):
         gfsa_attention(*args)
-    assert kernels.autotune_choices()["cpu|float32|full|8|32|tensor|train"]["fused_ms"] > 0
-    monkeypatch.setenv(kernels.AUTOTUNE_ENV, "0")
-    assert not kernels.autotune_enabled()
+    assert dispatch.autotune_choices()["cpu|float32|full|8|32|tensor|train"]["fused_ms"] > 0
+    monkeypatch.setenv(dispatch.AUTOTUNE_ENV, "0")
+    assert not dispatch.autotune_enabled()
 
 
 def test_autotune_never_measures_while_torch_compile_traces(autotuning):
@@ -482,8 +482,8 @@ def test_autotune_never_measures_while_torch_compile_traces(autotuning):
     compiled = torch.compile(lambda *a: gfsa_attention(*a), backend="eager", fullgraph=True)
     torch._dynamo.reset()
     out = compiled(*args)
-    assert kernels.autotune_choices() == {}
-    assert torch.equal(out, gfsa_attention(*args, impl=kernels.table_impl(args[0])))
+    assert dispatch.autotune_choices() == {}
+    assert torch.equal(out, gfsa_attention(*args, impl=dispatch.table_impl(args[0])))
 
 
 @pytest.mark.parametrize("K", [0, -1, 0.5, True, "3"])

@@ -15,9 +15,9 @@ against the naive formula (float64 gradcheck):
   recomputes it above (then O(n·d) saved memory); with dropout, for the whole batch, as the official
   code's dropout semantics need.
 - ``auto``: ``materialized`` with attention dropout (exact official semantics); otherwise the faster
-  of the two for the shape, from a table (``kernels.AUTO_EXPLICIT_MAX_LEN``: on CPU the explicit blocks
+  of the two for the shape, from a table (``dispatch.AUTO_EXPLICIT_MAX_LEN``: on CPU the explicit blocks
   up to 1024 tokens, 512 causal, the flash kernel above; on GPU ``fused``), or measured on first use
-  with ``GFSA_AUTOTUNE=1`` / ``gfsa.nn.kernels.autotune(True)`` (docs/performance.md).
+  with ``GFSA_AUTOTUNE=1`` / ``gfsa.nn.dispatch.autotune(True)`` (docs/performance.md).
 
 ``gfsa_linear_attention`` is GFSA on Efficient Attention (a linear Transformer), O(n·d²).
 
@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gfsa.nn.kernels import _blocked, _ExplicitBlocks, _FlashBlocks, auto_impl
+from gfsa.nn.dispatch import auto_impl
+from gfsa.nn.kernels import _blocked, _ExplicitBlocks, _FlashBlocks
 from gfsa.nn.primitives import Coefficient, _combine, _filtered, _is_zero, attention_probs
 from gfsa.nn.settings import DROPOUT_ORDERS, IMPLS, check_K
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from rich.table import Table
 
-from gfsa.nn import kernels
+from gfsa.nn import dispatch
 from gfsa.nn.functional import gfsa_attention
 from gfsa.ops.bench.common import (
     DTYPES,
@@ -115,12 +115,12 @@ class Bench:
 
     def auto_path(self) -> str:
         """The path ``impl="auto"`` takes for this training call (with autotune on: measured by one call)."""
-        if kernels.autotune_enabled():
+        if dispatch.autotune_enabled():
             self.step("auto")
         coefs = (self.args.w0, 1.0, self.wK)
         inputs = (self.q, self.k, self.v, *coefs)
         with self._autocast():
-            return kernels.auto_impl(self.q, 0.0, self.causal, None, coefs, inputs=inputs)
+            return dispatch.auto_impl(self.q, 0.0, self.causal, None, coefs, inputs=inputs)
 
     @torch.no_grad()
     def max_abs_diffs(self, impls: list[str]) -> dict[str, float]:
@@ -366,7 +366,7 @@ def suggest(rows: list[dict], device: str) -> list[dict]:
         behind, at = _worst(ratios, best)
         out.append(
             {
-                "key": [device, kernels.precision(DTYPES[dtype]), "causal" if causal else "full"],
+                "key": [device, dispatch.precision(DTYPES[dtype]), "causal" if causal else "full"],
                 "head_dim": d,
                 "max_len": best,
                 "worst_behind": behind,
@@ -384,7 +384,7 @@ def _worst(ratios: dict[int, float], limit: int) -> tuple[float, int]:
 
 
 def table_python(suggested: list[dict], env: dict, config: dict) -> str:
-    """The suggested table as the Python of gfsa/nn/kernels.py's AUTO_EXPLICIT_MAX_LEN."""
+    """The suggested table as the Python of gfsa/nn/dispatch.py's AUTO_EXPLICIT_MAX_LEN."""
     entries: dict[tuple, dict[int, int]] = {}
     for s in suggested:
         entries.setdefault(tuple(s["key"]), {})[s["head_dim"]] = s["max_len"]
@@ -506,7 +506,7 @@ def markdown_grid(result: dict) -> str:
 def grid_main(args, out) -> dict:
     config = {k: getattr(args, k) for k in ("batch", "heads", "K", "w0", "repeats", "warmup", "max_mem_gb")}
     config.update(device=args.device, lengths=args.lengths, head_dims=args.head_dims, dtypes=args.dtypes, grid=True)
-    config["autotune"] = kernels.autotune_enabled()
+    config["autotune"] = dispatch.autotune_enabled()
     env = environment(args)
     env["dtype"] = "/".join(args.dtypes)
     cells = list(itertools.product(args.dtypes, (False, True), args.head_dims, args.lengths))
@@ -527,7 +527,7 @@ def grid_main(args, out) -> dict:
     tabs = grid_tables(result, noise)
     result["auto_within_limit"] = all(r["auto_over_best"] <= BEHIND_LIMIT for r in rows if not r["skipped"])
     result = finish(result, tabs, args, out, noise)
-    out.print("\nSuggested table for gfsa/nn/kernels.py (paste it there; docs/performance.md says how):\n")
+    out.print("\nSuggested table for gfsa/nn/dispatch.py (paste it there; docs/performance.md says how):\n")
     print(result["suggested_python"])
     return result
 
@@ -574,7 +574,9 @@ def main(argv=None) -> dict:
     if args.grid:
         return grid_main(args, out)
     config = {k: getattr(args, k) for k in ("batch", "heads", "head_dim", "K", "w0", "causal", "repeats", "warmup")}
-    config.update(max_mem_gb=args.max_mem_gb, dtype=args.dtype, device=args.device, autotune=kernels.autotune_enabled())
+    config.update(
+        max_mem_gb=args.max_mem_gb, dtype=args.dtype, device=args.device, autotune=dispatch.autotune_enabled()
+    )
     env = environment(args)
     rows = []
     for n in args.lengths:
