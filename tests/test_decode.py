@@ -188,3 +188,21 @@ def test_encoder_decoder_generation(name):
                 cache = out.cache
                 steps.append(out.logits)
             assert (torch.cat(steps, 1) - full).abs().max() <= tol
+
+
+def test_training_forwards_with_a_cache_take_the_lean_kernels():
+    """use_cache=True in train mode (many configs' default) gives the uncached numbers and gradients and
+    leaves no A·V rows (nor their autograd graph) in the cache: nothing is extended in training."""
+    model = patched("llama", torch.float64).train()  # attention_dropout=0: the cached path would apply
+    ids, mask = prompts()
+    grads = {}
+    for use_cache in (True, False):
+        model.zero_grad()
+        out = model(input_ids=ids, attention_mask=mask, use_cache=use_cache, labels=ids)
+        out.loss.backward()
+        grads[use_cache] = (out.loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None])
+        if use_cache:
+            assert not any(hasattr(layer, "gfsa_av") for layer in out.past_key_values.layers)
+    (loss_c, g_c), (loss_u, g_u) = grads[True], grads[False]
+    assert torch.equal(loss_c, loss_u)
+    assert len(g_c) == len(g_u) and all(torch.equal(a, b) for a, b in zip(g_c, g_u, strict=True))

@@ -259,7 +259,10 @@ def gfsa_attention_forward(
             position_bias, attention_mask, causal and attention_mask is None and q_len > 1, query, key
         )
         causal = False
-    if g is not None and not cross and cache is not None and dropout == 0:
+    # Training forwards (use_cache=True is many configs' default) take the memory-lean kernels below: the
+    # cache's A·V rows are only needed to extend it, and in training there is nothing to extend.
+    extend = cache is not None and dropout == 0 and not (module.training and q_len == kv_len)
+    if g is not None and not cross and extend:
         out, H = hf_cache.cached_gfsa(module, g, cache, query, key, value, attention_mask, causal, scaling, want)
         return out.transpose(1, 2).contiguous(), H
     if g is not None and not cross and q_len != kv_len:
