@@ -106,7 +106,8 @@ def test_transcript_line_without_audio_fails_before_any_run_dir(tmp_path, result
 
 
 def test_wrong_sample_rate_is_resampled_or_refused(tmp_path, results_dir, cache_dir, caplog):
-    from gfsa.zoo.tasks.speech import LibriSpeechTask, read_audio
+    from gfsa.zoo.tasks.speech import LibriSpeechTask
+    from gfsa.zoo.tasks.speech_data import read_audio
 
     data = write_librispeech(tmp_path / "LibriSpeech")
     odd = next((data / "test-other").rglob("*.flac"))
@@ -140,7 +141,8 @@ def test_missing_split_and_bad_tokenizer_are_named(tmp_path, results_dir, cache_
 
 
 def _task_and_batch(tmp_path, tokenizer="char"):
-    from gfsa.zoo.tasks.speech import LibriSpeechTask, collate_speech
+    from gfsa.zoo.tasks.speech import LibriSpeechTask
+    from gfsa.zoo.tasks.speech_data import collate_speech
 
     data = write_librispeech(tmp_path / "LibriSpeech")
     task = LibriSpeechTask(
@@ -208,7 +210,8 @@ def test_beam_search_agrees_with_greedy_and_rescoring(tmp_path, cache_dir):
 
 
 def test_wer_matches_jiwer_and_tokenizers_round_trip(tmp_path, cache_dir):
-    from gfsa.zoo.tasks.speech import LibriSpeechTask, Tokenizer
+    from gfsa.zoo.tasks.speech import LibriSpeechTask
+    from gfsa.zoo.tasks.speech_data import Tokenizer
 
     refs = ["THE CAT SAT ON A MAT", "A DOG RAN HOME", "SUN", "THE CAT"]
     hyps = ["THE CAT SAT ON MAT", "A DOG RUN HOME NOW", "", "CAT THE"]
@@ -225,7 +228,7 @@ def test_wer_matches_jiwer_and_tokenizers_round_trip(tmp_path, cache_dir):
 
 
 def test_specaugment_masks_bands_within_the_utterance():
-    from gfsa.zoo.tasks.speech import spec_augment
+    from gfsa.zoo.tasks.speech_data import spec_augment
 
     torch.manual_seed(0)
     x = torch.ones(4, 50, 80)

@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import FAST, compose
-from test_speech import PRESET_ON_CPU, TINY, WORDS, _common, write_librispeech
+from test_speech import PRESET_ON_CPU, TINY, _common, write_librispeech
 
 from gfsa.runner.registry import resolve
 from gfsa.runner.train import run
 from gfsa.utils.errors import ConfigError
-from gfsa.zoo.tasks.speech import (
+from gfsa.zoo.demo.speech import WORDS
+from gfsa.zoo.tasks.speech import LineOffsets
+from gfsa.zoo.tasks.speech_data import (
     DurationBatches,
     FilterbankExtractor,
-    LineOffsets,
     mask_bands,
     read_audio,
     spec_augment,
@@ -210,7 +211,7 @@ def test_lm_corpus_lines_are_read_lazily(tmp_path):
 
 def test_lm_fusion_weight_zero_is_plain_decoding_and_a_trained_lm_reranks(tmp_path, results_dir, cache_dir):
     from gfsa.zoo.backbones.asr import load_language_model
-    from gfsa.zoo.tasks.speech import collate_speech
+    from gfsa.zoo.tasks.speech_data import collate_speech
 
     data = write_librispeech(tmp_path / "LibriSpeech")
     corpus = _write_lm_corpus(tmp_path / "librispeech-lm-norm.txt")

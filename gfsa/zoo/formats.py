@@ -3,7 +3,7 @@ other): special token ids of the speech tokenizers, the shortest-path fill of gr
 
 from __future__ import annotations
 
-# Speech tokenizers (gfsa.zoo.tasks.speech): padding doubles as CTC's blank.
+# Speech tokenizers (gfsa.zoo.tasks.speech_data): padding doubles as CTC's blank.
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 
 # Graph encodings (gfsa.zoo.tasks.graph): shortest-path distance of disconnected pairs (uint8);
