@@ -217,7 +217,7 @@ def environment(device: str) -> dict:
 
 def markdown(report: dict) -> str:
     """The check as Markdown: stages, goals, tests, then each benchmark's own tables."""
-    from gfsa.ops.bench import attention, decode, models
+    from gfsa.ops.bench import attention, decode, grid, models
     from gfsa.ops.bench.common import md_table
 
     env = report["environment"]
@@ -252,7 +252,7 @@ def markdown(report: dict) -> str:
         ("attention", "### Operator: `gfsa bench attention`", attention.markdown),
         ("models", "### Models: `gfsa bench models`", models.markdown),
         ("decode", "### Decoding: `gfsa bench decode`", decode.markdown),
-        ("grid", "### `impl='auto'` crossover: `gfsa bench attention --grid`", attention.markdown),
+        ("grid", "### `impl='auto'` crossover: `gfsa bench attention --grid`", grid.markdown_grid),
     ]
     results = merged_results(report)
     for key, title, render in sections:
