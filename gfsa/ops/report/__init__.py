@@ -18,7 +18,7 @@ One stage per module, each importing only the ones before it:
 """
 
 from gfsa.ops.report.aggregate import CONFIDENCE, DOMAINS, Report, Row, Stat, build, stat
-from gfsa.ops.report.charts import chart_domains, chart_layers, chart_lra, chart_overhead, chart_radar, chart_table
+from gfsa.ops.report.charts import chart_domains, chart_radar, chart_table
 from gfsa.ops.report.cli import main_cli, run
 from gfsa.ops.report.collect import (
     LOWER_IS_BETTER,
@@ -30,6 +30,7 @@ from gfsa.ops.report.collect import (
     local_records,
     wandb_records,
 )
+from gfsa.ops.report.cost_charts import chart_layers, chart_lra, chart_overhead
 from gfsa.ops.report.match import MATCH_IGNORE, cell_views, match_view, matches
 from gfsa.ops.report.publish import publish_report, wandb_report, write
 from gfsa.ops.report.render import (

@@ -15,30 +15,29 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from gfsa.ops.report.aggregate import CONFIDENCE, Report, Row, Stat, stat
+from gfsa.ops.report.aggregate import CONFIDENCE, Report, Row, Stat
 from gfsa.ops.tables import Table
-from gfsa.utils.plots import Chart, place_labels, save, style, variant_colors, variant_order
+from gfsa.utils.plots import Chart, save, style, variant_colors, variant_order
 
 MAX_CELLS_PER_PANEL = 12  # a paper table with more cells gets one panel per row of the table
 CI = f"{CONFIDENCE:.0%} CI"
-LAYER_SPECS = ("none", "selected", "all")  # the selected-layer chart's bars, as gfsa.layers spells them
 
 
-def _all_rows(report: Report) -> list[Row]:
+def all_rows(report: Report) -> list[Row]:
     return [r for _, rows in report.tables.values() for r in rows] + list(report.generic)
 
 
-def _variants(report: Report) -> list[str]:
-    return variant_order(r.variant for r in _all_rows(report))
+def report_variants(report: Report) -> list[str]:
+    return variant_order(r.variant for r in all_rows(report))
 
 
-def _decimals(values) -> int:
+def decimals(values) -> int:
     """Decimals that give the largest of ``values`` three significant digits (the same for a whole panel)."""
     top = max((abs(v) for v in values if v), default=1.0)
     return max(0, 2 - math.floor(math.log10(top)))
 
 
-def _seeds_note(stats: list[Stat | None]) -> str:
+def seeds_note(stats: list[Stat | None]) -> str:
     ns = sorted({s.n for s in stats if s is not None})
     if not ns:
         return ""
@@ -50,7 +49,7 @@ def _ci_err(s: Stat) -> list[list[float]] | None:
     return None if ci is None else [[s.mean - ci[0]], [ci[1] - s.mean]]
 
 
-def _bar(ax, x, stat: Stat, width, color, gid, err=None, **kw):
+def stat_bar(ax, x, stat: Stat, width, color, gid, err=None, **kw):
     """One bar of ``stat.mean`` with ``err`` (default: the std over seeds) and its identity as ``gid``."""
     if err is None and stat.std is not None:
         err = stat.std
@@ -132,14 +131,14 @@ def chart_table(table: Table, rows: list[Row], path: Path) -> Chart | None:
                 for j, v in enumerate(here):
                     row = by[(*rc, v)]
                     x = i + (j - (len(here) - 1) / 2) * slot
-                    _bar(ax_v, x, row.value, slot, colors[v], f"{rc[0]}/{rc[1]}/{v}")
+                    stat_bar(ax_v, x, row.value, slot, colors[v], f"{rc[0]}/{rc[1]}/{v}")
                     if row.paper is not None:
                         ax_v.hlines(row.paper, x - slot / 2, x + slot / 2, color="black", lw=1.8, zorder=4)
                     if v == "baseline" or ax_g is None:
                         continue
                     xg = i + (gains.index(v) - (len(gains) - 1) / 2) * gslot
                     if row.gain is not None:
-                        _bar(ax_g, xg, row.gain, gslot, colors[v], f"{rc[0]}/{rc[1]}/{v}", err=_ci_err(row.gain))
+                        stat_bar(ax_g, xg, row.gain, gslot, colors[v], f"{rc[0]}/{rc[1]}/{v}", err=_ci_err(row.gain))
                     if row.paper_gain is not None:
                         ax_g.hlines(row.paper_gain, xg - gslot / 2, xg + gslot / 2, color="black", lw=1.8, zorder=4)
             ax_v.set_xlim(-0.5, width_cells - 0.5)
@@ -164,7 +163,7 @@ def chart_table(table: Table, rows: list[Row], path: Path) -> Chart | None:
             f"gains: mean and {CI} of the per-seed paired gains" if has_gains else "no variant has run yet: no gains"
         )
         fig.suptitle(
-            f"{table.title}\nbars: ours, mean ± std over seeds ({_seeds_note(stats)}); {gains}; black lines: the paper",
+            f"{table.title}\nbars: ours, mean ± std over seeds ({seeds_note(stats)}); {gains}; black lines: the paper",
             fontsize=9,
         )
         return save(fig, path, {"cells": cells, "variants": variants, "panels": panels})
@@ -191,7 +190,7 @@ def _paper_combined(rows: list[Row]) -> float | None:
 
 def _gains_by(report: Report, key) -> dict[str, dict[str, list[Row]]]:
     out: dict[str, dict[str, list[Row]]] = defaultdict(lambda: defaultdict(list))
-    for row in _all_rows(report):
+    for row in all_rows(report):
         if row.variant != "baseline" and row.gain_pct is not None:
             out[key(row)][row.variant].append(row)
     return out
@@ -205,7 +204,7 @@ def chart_domains(report: Report, path: Path) -> Chart | None:
     if not groups:
         return None
     domains = sorted(groups)
-    colors = variant_colors(_variants(report))
+    colors = variant_colors(report_variants(report))
     present = variant_order(v for d in domains for v in groups[d])
     slot, gap = 1.0, 0.8  # bar width, space between domains
     starts, x0 = [], 0.0
@@ -221,7 +220,7 @@ def chart_domains(report: Report, path: Path) -> Chart | None:
                 rows = groups[d][v]
                 x = starts[i] + j * slot
                 mean, err = _combined(rows)
-                _bar(ax, x, Stat(mean, err, len(rows)), slot, colors[v], f"{d}/{v}")
+                stat_bar(ax, x, Stat(mean, err, len(rows)), slot, colors[v], f"{d}/{v}")
                 offsets = [(k - (len(rows) - 1) / 2) * slot * 0.5 / max(len(rows) - 1, 1) for k in range(len(rows))]
                 ax.scatter([x + o for o in offsets], [r.gain_pct.mean for r in rows], s=9, color="black", zorder=5,
                            gid=f"{d}/{v}/cells")  # fmt: skip
@@ -260,7 +259,7 @@ def chart_radar(report: Report, path: Path) -> Chart | None:
     if len(spokes) < 3:
         return None
     variants = variant_order(v for b in spokes for v in gfsa[b])
-    colors = variant_colors(_variants(report))
+    colors = variant_colors(report_variants(report))
     values = {v: [_combined(gfsa[b][v])[0] if v in gfsa[b] else math.nan for b in spokes] for v in variants}
     paper = {v: [_paper_combined(gfsa[b][v]) if v in gfsa[b] else None for b in spokes] for v in variants}
     paper = {v: [math.nan if p is None else p for p in ps] for v, ps in paper.items() if any(p is not None for p in ps)}
@@ -307,224 +306,3 @@ def chart_radar(report: Report, path: Path) -> Chart | None:
 
 # --------------------------------------------------------------------------------------------------
 # GFSA on selected layers vs all layers; LRA; cost vs gain
-
-
-def _layers_spec(row: Row) -> str | None:
-    """``none`` / ``selected`` / ``all`` (gfsa.layers of the row's runs) for baseline and GFSA rows."""
-    specs = set()
-    for run in row.runs:
-        cfg = run.record["config"]
-        method = (cfg.get("method") or {}).get("name", "none") if isinstance(cfg.get("method"), dict) else "none"
-        if method not in (None, "none"):
-            return None
-        specs.add(str((cfg.get("gfsa") or {}).get("layers", "none")))
-    return specs.pop() if len(specs) == 1 else None
-
-
-def _step_times(row: Row) -> Stat | None:
-    return stat((r.record.get("timing") or {}).get("step_time_s") for r in row.runs)
-
-
-def _layer_groups(report: Report) -> list[tuple[str, str, dict[str, Row]]]:
-    """(title, metric label, {none|selected|all: row}) for every config run with ``selected`` and at least
-    one of ``none``/``all``."""
-    groups: dict[tuple, dict] = defaultdict(dict)
-    titles, metrics = {}, {}
-    for table, rows in report.tables.values():
-        for row in rows:
-            spec = _layers_spec(row) if row.runs else None
-            if spec in LAYER_SPECS and row.value is not None:
-                key = (table.name, row.row, row.column, None)
-                groups[key].setdefault(spec, row)
-                titles[key] = f"{row.row} / {row.column}"
-                metrics[key] = f"{row.metric}{f' × {table.scale:g}' if table.scale != 1 else ''}"
-    for row in report.generic:
-        spec = _layers_spec(row)
-        if spec in LAYER_SPECS and row.value is not None:
-            pk = row.runs[0].record.get("pair_key")
-            k = None if spec == "none" else row.runs[0].record["config"].get("gfsa", {}).get("K")
-            groups[("other", pk, k)].setdefault(spec, row)
-            titles[("other", pk, k)] = f"{row.row} / {row.column}"
-            metrics[("other", pk, k)] = row.metric
-    for key in [
-        k for k in groups if k[0] == "other" and k[2] is None and "none" in groups[k]
-    ]:  # the baseline joins every K of its config
-        for other in [k for k in groups if k[:2] == key[:2] and k[2] is not None]:
-            groups[other].setdefault("none", groups[key]["none"])
-        del groups[key]
-    out = []
-    for key, by_spec in groups.items():
-        if "selected" in by_spec and len(by_spec) >= 2:
-            k = f", K={key[-1]}" if key[-1] is not None else ""
-            out.append((titles[key] + k, metrics[key], by_spec))
-    return sorted(out, key=lambda g: g[0])
-
-
-def chart_layers(report: Report, path: Path) -> Chart | None:
-    """GFSA on the selected layers (the paper's GFSA_even) vs every layer vs none: the metric and the
-    training step time, mean ± std over seeds, for each config run all ways (with ``selected``)."""
-    groups = _layer_groups(report)
-    if not groups:
-        return None
-    colors = {
-        "none": variant_colors([])["baseline"],
-        "selected": variant_colors([])["gfsa_even"],
-        "all": variant_colors([])["gfsa"],
-    }
-    per_line = min(2, len(groups))
-    lines = math.ceil(len(groups) / per_line)
-    with style() as plt:
-        fig = plt.figure(figsize=(4.6 * per_line + 0.4, 3.0 * lines + 0.8), layout="constrained")
-        axes = fig.subplots(lines, 2 * per_line, squeeze=False)
-        for g, (title, metric, by_spec) in enumerate(groups):
-            ax_m, ax_t = axes[g // per_line][2 * (g % per_line)], axes[g // per_line][2 * (g % per_line) + 1]
-            specs = [s for s in LAYER_SPECS if s in by_spec]
-            times = {s: _step_times(by_spec[s]) for s in specs}
-            dm = _decimals(by_spec[s].value.mean for s in specs)
-            dt = _decimals(t.mean for t in times.values() if t is not None)
-            for i, s in enumerate(specs):
-                value = by_spec[s].value
-                _bar(ax_m, i, value, 0.7, colors[s], f"{title}/{s}/metric")
-                ax_m.annotate(f"{value.mean:.{dm}f}", (i, value.mean + (value.std or 0)), xytext=(0, 2),
-                              textcoords="offset points", ha="center", va="bottom", fontsize=7)  # fmt: skip
-                t = times[s]
-                if t is not None:
-                    _bar(ax_t, i, t, 0.7, colors[s], f"{title}/{s}/time")
-                    base = times.get("none")
-                    label = f"{t.mean:.{dt}f}" + (
-                        f"\n{100 * (t.mean / base.mean - 1):+.0f}%" if base and s != "none" else ""
-                    )
-                    ax_t.annotate(label, (i, t.mean + (t.std or 0)), xytext=(0, 2), textcoords="offset points",
-                                  ha="center", va="bottom", fontsize=7)  # fmt: skip
-            for ax in (ax_m, ax_t):
-                ax.set_xticks(range(len(specs)), specs)
-                ax.set_xlabel("gfsa.layers")
-                ax.margins(y=0.22)
-            ax_m.set_ylabel(metric)
-            ax_t.set_ylabel("training step time (s)")
-            ns = _seeds_note([by_spec[s].value for s in specs])
-            ax_m.set_title(f"{title} ({ns})", loc="left", fontsize=8)
-        for ax in axes.flat[2 * len(groups) :]:
-            ax.set_visible(False)
-        fig.suptitle("GFSA on no / the selected (even) / all layers\nmetric and training step time, "
-                     "mean ± std over seeds (time: change vs none)")  # fmt: skip
-        return save(fig, path, {"groups": [(t, [s for s in LAYER_SPECS if s in b]) for t, _, b in groups]})
-
-
-def chart_lra(report: Report, path: Path) -> Chart | None:
-    """Long Range Arena (``task=listops`` runs): accuracy vs training step time, circle area ∝ peak memory,
-    one point per backbone and variant (mean ± std over seeds), as the paper's LRA figure."""
-    points = []
-    seen = set()
-    for row in _all_rows(report):
-        runs = [r for r in row.runs if r.record.get("task") == "listops" and r.key not in seen]
-        if not runs:
-            continue
-        seen.update(r.key for r in runs)
-        acc = stat(r.value(row.metric) for r in runs)
-        time = stat((r.record.get("timing") or {}).get("step_time_s") for r in runs)
-        mem = stat((r.record.get("timing") or {}).get("peak_memory_mb") for r in runs)
-        kinds = {(r.record.get("timing") or {}).get("memory_kind") for r in runs}
-        if acc and time and mem:
-            points.append((runs[0].record["backbone"], row.variant, row.metric, acc, time, mem, kinds))
-    if not points:
-        return None
-    pct = all(p[2].endswith("acc") for p in points) and all(0 <= p[3].mean <= 1 for p in points)
-    k = 100 if pct else 1
-    colors = variant_colors(p[1] for p in points)
-    mem_max = max(p[5].mean for p in points)
-
-    def area(mb: float) -> float:
-        return 40 + 1400 * mb / mem_max
-
-    kinds = set().union(*(p[6] for p in points)) - {None}
-    with style() as plt:
-        fig, ax = plt.subplots(figsize=(6.8, 4.6), layout="constrained")
-        times = [p[4].mean for p in points]
-        log = max(times) / min(times) > 4
-        where = [math.log(t) if log else t for t in times]
-        mid = (min(where) + max(where)) / 2 if len(points) > 1 else math.inf
-        for (backbone, variant, _, acc, time, mem, _), w in zip(points, where, strict=True):
-            ax.scatter(time.mean, k * acc.mean, s=area(mem.mean), color=colors[variant], alpha=0.55,
-                       edgecolor="black", lw=0.6, zorder=3, gid=f"{backbone}/{variant}")  # fmt: skip
-            ax.errorbar(time.mean, k * acc.mean, xerr=time.std, yerr=None if acc.std is None else k * acc.std,
-                        fmt="none", ecolor="black", elinewidth=0.8, capsize=2.5, zorder=4)  # fmt: skip
-            ax.annotate(
-                f"{backbone}\n{variant}, {mem.mean:.0f} MB",
-                (time.mean, k * acc.mean),
-                xytext=((1 if w <= mid else -1) * (area(mem.mean) ** 0.5 / 2 + 5), 0),
-                textcoords="offset points",
-                ha="left" if w <= mid else "right",
-                va="center",
-                fontsize=7,
-            )  # fmt: skip  (labels point inwards: none leaves the axes)
-        if log:
-            from matplotlib.ticker import FuncFormatter, LogLocator
-
-            ax.set_xscale("log")
-            ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-        ax.margins(x=0.3, y=0.3)
-        ax.set_xlabel("training step time (s, median per run; mean ± std over seeds)")
-        ax.set_ylabel(f"{'accuracy (%)' if pct else points[0][2]} (mean ± std over seeds)")
-        nice = [f * 10**e for e in range(-1, 7) for f in (1, 2, 5) if f * 10**e <= mem_max]
-        refs = nice[-3:] or [mem_max]  # round sizes for the key: 1000, 2000, 5000 MB
-        handles = [ax.scatter([], [], s=area(m), color="white", edgecolor="black", lw=0.6) for m in refs]
-        diameter = area(max(refs)) ** 0.5 / 9  # the largest circle, in font sizes (9 pt)
-        ax.legend(handles, [f"{m:.0f} MB" for m in refs], title="peak memory", loc="upper left",
-                  bbox_to_anchor=(1.01, 1.0), frameon=False, labelspacing=diameter * 0.8, borderpad=diameter / 2,
-                  handletextpad=diameter / 2, handlelength=diameter)  # fmt: skip
-        kind = "; memory: " + ", ".join(sorted(kinds)) if kinds else ""
-        ax.set_title(f"LRA ListOps: accuracy vs training step time (circle area ∝ peak memory{kind})")
-        return save(fig, path, {"points": [(p[0], p[1]) for p in points]})
-
-
-def _combined_stat(stats: list[Stat]) -> Stat:
-    """Mean over cells, ± the std over seeds of that mean (√(Σ sᵢ²)/m; None when a cell has one seed)."""
-    stds = [s.std for s in stats]
-    err = None if any(sd is None for sd in stds) else math.sqrt(sum(sd * sd for sd in stds)) / len(stats)
-    return Stat(statistics.fmean(s.mean for s in stats), err, min(s.n for s in stats))
-
-
-def chart_overhead(report: Report, path: Path) -> Chart | None:
-    """Step-time overhead % vs relative gain %: one point per variant and domain (the mean over its cells,
-    ± the std over seeds on both axes; the cells are in the per-domain bars); hollow points have a cell with
-    one seed (no error bar: the position is noise-prone)."""
-    rows = [r for r in _all_rows(report) if r.overhead_pct and r.gain_pct]
-    if not rows:
-        return None
-    colors = variant_colors(_variants(report))
-    groups: dict[tuple, list[Row]] = defaultdict(list)
-    for r in rows:
-        groups[(r.variant, r.domain)].append(r)
-    with style() as plt:
-        fig, ax = plt.subplots(figsize=(7.2, 4.8), layout="constrained")
-        labelled, labels, bars = set(), [], []
-        order = variant_order(v for v, _ in groups)
-        for (v, domain), members in sorted(groups.items(), key=lambda g: (order.index(g[0][0]), g[0][1])):
-            cost, gain = (
-                _combined_stat([r.overhead_pct for r in members]),
-                _combined_stat([r.gain_pct for r in members]),
-            )
-            whole = gain.std is not None and cost.std is not None
-            ax.errorbar(cost.mean, gain.mean, xerr=cost.std, yerr=gain.std, fmt="o", ms=6, color=colors[v],
-                        mfc=colors[v] if whole else "white", mec=colors[v], ecolor=colors[v], elinewidth=1.0,
-                        capsize=2.5, zorder=4, label=None if v in labelled else v, gid=f"{domain}/{v}")  # fmt: skip
-            labelled.add(v)
-            name = domain.removeprefix("task: ")
-            cells = f" ({len(members)})" if len(members) > 1 else ""
-            labels.append((cost.mean, gain.mean, f"{name}{cells}"))
-            if whole:  # the error bars: no label on top of them
-                bars.append(((cost.mean - cost.std, gain.mean), (cost.mean + cost.std, gain.mean)))
-                bars.append(((cost.mean, gain.mean - gain.std), (cost.mean, gain.mean + gain.std)))
-        ax.axhline(0, color="black", lw=0.8)
-        ax.axvline(0, color="black", lw=0.8)
-        ax.margins(x=0.2, y=0.2)
-        ax.set_xlabel("training step-time overhead vs the paired baseline (%)")
-        ax.set_ylabel("improvement over the paired baseline (relative %)")
-        ax.set_title("cost vs gain per domain (cells): mean over the cells ± std over seeds (√Σsᵢ²/m)\n"
-                     "hollow: a cell with one seed (no error bar: its position is noise-prone)")  # fmt: skip
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title="variant")
-        place_labels(ax, labels, avoid=bars, fontsize=7, color="0.25", zorder=5)
-        return save(fig, path, {"points": sorted(groups)})

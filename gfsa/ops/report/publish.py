@@ -7,8 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gfsa.ops.report.aggregate import Report
-from gfsa.ops.report.charts import chart_domains, chart_layers, chart_lra, chart_overhead, chart_radar, chart_table
+from gfsa.ops.report.charts import chart_domains, chart_radar, chart_table
 from gfsa.ops.report.collect import ReportError
+from gfsa.ops.report.cost_charts import chart_layers, chart_lra, chart_overhead
 from gfsa.ops.report.render import (
     GENERIC_CAPTION,
     GENERIC_COLUMNS,
