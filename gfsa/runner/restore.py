@@ -28,8 +28,9 @@ def locate(path: str | Path, ckpt: str = "last") -> tuple[Path, dict, Path]:
     return run_dir, record, checkpoint
 
 
-def restore(record: dict, checkpoint: Path):
-    """The run's :class:`~gfsa.runner.train.Prepared` (task, model, recipe) with the checkpoint's weights."""
+def restore(record: dict, checkpoint: Path, check=None):
+    """The run's :class:`~gfsa.runner.train.Prepared` (task, model, recipe) with the checkpoint's weights.
+    ``check(prepared)`` runs before the checkpoint is read: a caller's own refusal comes first."""
     import torch
 
     from gfsa.runner.config import with_run_defaults
@@ -41,10 +42,16 @@ def restore(record: dict, checkpoint: Path):
         cfg["paths"] = {**cfg["paths"], "results_dir": tmp}
         prepared = prepare(cfg)
     assert isinstance(prepared, Prepared)
+    if check is not None:
+        check(prepared)
     problem = checkpoint_problem(checkpoint, prepared.recipe)
     if problem:
         raise ConfigError(f"cannot load {checkpoint}: it is {problem}; pass another checkpoint or run")
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    prepared.recipe.load_state_dict(state["state_dict"])
+    missing, unexpected = prepared.recipe.load_state_dict(state["state_dict"], strict=False)
+    missing = [k for k in missing if k.startswith("model.")]  # a recipe's own buffers (e.g. metrics) may be absent
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise ConfigError(f"{checkpoint} does not fit this run's model ({what}, …): is it from another run?")
     prepared.recipe.eval()
     return prepared

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,25 +19,15 @@ from gfsa.ops.analysis.measures import over_seeds
 from gfsa.utils.errors import ConfigError, fail
 
 
-class AnalyzeError(ValueError):
+class AnalyzeError(ConfigError):
     """Bad input to ``gfsa analyze``: one line that names the fix."""
 
 
 def locate(path: str | Path) -> tuple[Path, dict, Path]:
-    """(run dir, record, checkpoint) for a run directory or a checkpoint file in one."""
-    from gfsa.runner import results as R
+    """(run dir, record, ``last.ckpt``) for a run directory or a checkpoint file in one."""
+    from gfsa.runner.restore import locate as locate_run
 
-    path = Path(path)
-    if not path.exists():
-        raise AnalyzeError(f"{path} does not exist: pass a run directory (with result.json) or its checkpoint")
-    ckpt = path if path.is_file() else path / "checkpoints" / "last.ckpt"
-    run_dir = path if path.is_dir() else (path.parent.parent if path.parent.name == "checkpoints" else path.parent)
-    record = R.load_record(run_dir)
-    if record is None or "config" not in record:
-        raise AnalyzeError(f"no readable result.json in {run_dir}: gfsa analyze needs a finished run (its config)")
-    if not ckpt.is_file():
-        raise AnalyzeError(f"no checkpoint {ckpt}: train the run with checkpoint=true (the default) to analyze it")
-    return run_dir, record, ckpt
+    return locate_run(path, "last")
 
 
 def baseline_of(run_dir: Path, record: dict) -> Path | None:
@@ -53,29 +42,11 @@ def baseline_of(run_dir: Path, record: dict) -> Path | None:
 
 def measure(run_dir: Path, record: dict, ckpt: Path, batches: int) -> dict:
     """Rebuild the run (``gfsa.runner.train.prepare``), load its checkpoint and measure ``batches`` val batches."""
-    from gfsa.runner.config import with_run_defaults
-    from gfsa.runner.train import Prepared, prepare
+    from gfsa.runner.restore import restore
     from gfsa.zoo.backbones import patch_target
 
-    cfg = with_run_defaults(record["config"])
-    with tempfile.TemporaryDirectory() as tmp:  # a results dir without this run's record: prepare builds it
-        cfg["paths"] = {**(cfg.get("paths") or {}), "results_dir": tmp}
-        prepared = prepare(cfg)
-    assert isinstance(prepared, Prepared)
+    prepared = restore(record, ckpt, check=lambda p: family(patch_target(p.model)))
     net = patch_target(prepared.model)
-    family(net)  # fail before loading anything big
-    from gfsa.runner.requeue import checkpoint_problem
-
-    problem = checkpoint_problem(ckpt, prepared.recipe)
-    if problem:
-        raise AnalyzeError(
-            f"cannot analyze {ckpt}: it is {problem}; train the run again (resume=restart) or pass another run"
-        )
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    missing, _ = prepared.recipe.load_state_dict(state["state_dict"], strict=False)
-    missing = [k for k in missing if k.startswith("model.")]
-    if missing:
-        raise AnalyzeError(f"{ckpt} does not fit this run's model (missing {missing[0]}, …): is it from another run?")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = prepared.model.to(device).eval()
     loader = prepared.task.val_dataloader()
