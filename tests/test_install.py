@@ -35,6 +35,11 @@ def _shipped_files() -> set[str]:
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("install")
+    # A venv inside a project's own git repository: the install must not record that project's commit.
+    subprocess.run(["git", "init", "-q", str(root)], check=True, timeout=60)
+    subprocess.run(["git", "-C", str(root), "commit", "-q", "--allow-empty", "-m", "project"], check=True, timeout=60,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t"})  # fmt: skip
     src = root / "src"  # a copy: building writes build/ and *.egg-info next to the sources
     for name in BUILD_INPUTS:
         path = REPO / name
@@ -116,7 +121,9 @@ def test_installed_gfsa_trains_and_reports(installed, tmp_path):
     proc = _run(installed, installed["gfsa"], "run", *quick, f"paths.results_dir={results}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (record,) = results.rglob("result.json")
-    assert json.loads(record.read_text())["status"] == "finished"
+    record = json.loads(record.read_text())
+    assert record["status"] == "finished"
+    assert record["git"] == {"revision": None, "dirty": None}  # not the commit of the repository around the venv
     report = _run(installed, installed["gfsa"], "report", str(results), "--out", str(tmp_path / "report"))
     assert report.returncode == 0 and (tmp_path / "report" / "report.md").is_file(), report.stderr[-3000:]
 

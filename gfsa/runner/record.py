@@ -7,26 +7,35 @@ from __future__ import annotations
 import platform
 import subprocess
 import time
+from pathlib import Path
 
 from gfsa.runner import results as R
 from gfsa.utils.resources import SOURCE_ROOT
 
 
 def git_revision() -> dict:
+    """The suite's own commit, from a checkout (or editable install) only: a wheel in a venv that sits
+    inside some other git repository must not record that repository's commit."""
     root = SOURCE_ROOT
+    unknown = {"revision": None, "dirty": None}
     try:
         rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=False
+            ["git", "rev-parse", "--show-toplevel", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
+        lines = rev.stdout.split()
+        if rev.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != Path(root).resolve():
+            return unknown
         dirty = subprocess.run(
             ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10, check=False
         )
     except (OSError, subprocess.SubprocessError):
-        return {"revision": None, "dirty": None}
-    return {
-        "revision": rev.stdout.strip() or None,
-        "dirty": bool(dirty.stdout.strip()) if rev.returncode == 0 else None,
-    }
+        return unknown
+    return {"revision": lines[1], "dirty": bool(dirty.stdout.strip())}
 
 
 def versions() -> dict:
