@@ -74,8 +74,9 @@ def build_record(cfg, rdir, rid, variant, task, model, facts, history, timer, tr
     timing = timer.summary(trainer.strategy.root_device)
     timing["wall_time_s"] = round(preemption.wall_time(), 2)
     timing["attempts"] = preemption.attempts
-    if timing["step_time_s"]:  # the timer measures micro-batches: batch size × devices samples each
-        timing["samples_per_s"] = round(int(cfg["task"]["batch_size"]) * devices / timing["step_time_s"], 2)
+    per_step = getattr(task, "samples_per_step", None)  # None: batches vary (the epoch timing counts samples)
+    if timing["step_time_s"] and per_step:  # the timer measures micro-batches: per_step × devices samples each
+        timing["samples_per_s"] = round(per_step * devices / timing["step_time_s"], 2)
     for cb in trainer.callbacks:  # callbacks may contribute entries (e.g. seconds per validation epoch)
         if callable(getattr(cb, "timing", None)):
             timing.update(cb.timing())

@@ -33,6 +33,11 @@ class Task(L.LightningDataModule):
         self.batch_size = int(cfg.batch_size)
         self.num_workers = int(cfg["num_workers"])
 
+    @property
+    def samples_per_step(self) -> int | None:
+        """Samples in each training micro-batch (None where batches vary, e.g. batched by duration)."""
+        return self.batch_size
+
     def check(self) -> None:
         """Validate inputs (paths, formats) cheaply, before training starts."""
 

@@ -122,6 +122,10 @@ class LibriSpeechTask(Task):
             SpeechDataset(sorted(utts[s], key=lambda u: u.seconds), self.tokenizer, extractor) for s in self.eval_splits
         ]
 
+    @property
+    def samples_per_step(self) -> int | None:
+        return self.batch_size if self.dynamic["max_seconds"] is None else None
+
     def train_dataloader(self) -> DataLoader:
         d = self.dynamic
         if d["max_seconds"] is None:
