@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("report", help="improvement tables and charts vs baselines and the paper", add_help=False)
     sub.add_parser("analyze", help="oversmoothing analysis of a trained run", add_help=False)
     sub.add_parser("bench", help="performance benchmarks: attention | models | linear | all (--help)", add_help=False)
+    sub.add_parser(
+        "eval", help="score a run again from its checkpoint: gfsa eval RUN_DIR [--ckpt best|last]", add_help=False
+    )
     if argv[:1] == ["report"]:  # no Lightning on this path
         from gfsa.ops.report import main_cli as report_main
 
@@ -39,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
         from gfsa.ops.analysis import main_cli as analyze_main
 
         analyze_main(argv[1:])
+        return
+    if argv[:1] == ["eval"]:
+        evaluate_cli(argv[1:])
         return
     if argv[:1] == ["bench"]:  # the benchmarks parse their own options (docs/performance.md)
         bench(argv[1:])
@@ -70,9 +76,10 @@ def _check_composes(args: list[str]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    kept = [a for a in args if not a.lstrip("+~").startswith(("hydra.", "hydra/")) or a.startswith("hydra.searchpath=")]
     try:
         with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-            compose("config", overrides=[a for a in args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))])
+            compose("config", overrides=kept)
     except (HydraException, OmegaConfBaseException) as e:
         unknown = re.match(r"Could not override '([^']+)'", first_line(e, with_type=False))
         if unknown:
@@ -99,25 +106,29 @@ def _preflight(args: list[str]) -> None:
 def run_main(argv: list[str] | None = None) -> None:
     """``python run.py [overrides]`` / ``gfsa run``: Hydra-composed runs with one-line errors for bad input."""
     import hydra
-    from omegaconf import DictConfig
+    from omegaconf import DictConfig, OmegaConf
 
-    from gfsa.runner.console import check_overrides
+    from gfsa.runner.console import check_overrides, overrides_from_agent_args, quiet_startup
     from gfsa.runner.rundir import disk_error
+    from gfsa.runner.selection import objective
     from gfsa.runner.train import DIVERGED_RUNS, EXIT_DIVERGED, run_job
 
     CONF_DIR = conf_dir()
-    args = sys.argv[1:] if argv is None else argv
+    args = overrides_from_agent_args(sys.argv[1:] if argv is None else argv)  # W&B agents pass --key=value
     check_overrides(args, CONF_DIR)
     if not any(a.startswith("-") for a in args):  # single runs: report a bad key in one line
         _check_composes(args)
     elif "-m" in args or "--multirun" in args:
         _preflight(args)
     sys.argv = [sys.argv[0], *args]
+    quiet_startup()
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-    def _job(cfg: DictConfig):
+    def _job(cfg: DictConfig) -> float | None:
+        """Returns the objective (run.objective): what a sweeper that optimises (Optuna) reads."""
         try:
-            return run_job(cfg)
+            record = run_job(cfg)
+            return objective(record, OmegaConf.to_container(cfg, resolve=True)) if record else None
         except ConfigError as e:
             fail(str(e))
         except OSError as e:  # the filesystem refused something outside training (e.g. a full disk)
@@ -129,6 +140,42 @@ def run_main(argv: list[str] | None = None) -> None:
     _job()
     if DIVERGED_RUNS:
         sys.exit(EXIT_DIVERGED)
+
+
+def evaluate_cli(argv: list[str]) -> None:
+    """``gfsa eval RUN_DIR [--ckpt best|last] [--split NAME] [--json] [KEY=VALUE ...]``."""
+    parser = argparse.ArgumentParser(
+        prog="gfsa eval",
+        description="Score a finished run again from its checkpoint, on the validation it was scored on "
+        "(the record's trainer limits and precision): the numbers equal its result.json's for that checkpoint.",
+        epilog="examples: gfsa eval results/vit_mini/digits/gfsa-selected-K3-seed0-… --ckpt best --json | "
+        "gfsa eval RUN task.data_dir=/data/imagenet",
+    )
+    parser.add_argument("run_dir", type=Path, help="a run directory (with result.json and checkpoints/)")
+    parser.add_argument(
+        "--ckpt",
+        choices=("best", "last"),
+        help="checkpoints/best.ckpt (best validation of the primary metric) or last.ckpt (the end of training); "
+        "default: the one the record reports (task.metric_select)",
+    )
+    parser.add_argument("--split", help="only this evaluation split's metrics (the task's eval splits, e.g. val, test)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object to stdout, nothing else")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="changes to the recorded config, e.g. task.data_dir=…"
+    )
+    opts = parser.parse_args(argv)
+    from gfsa.runner.evaluate import evaluate, print_evaluation
+
+    try:
+        result = evaluate(opts.run_dir, ckpt=opts.ckpt, split=opts.split, overrides=opts.overrides, quiet=opts.json)
+    except ConfigError as e:
+        fail(str(e))
+    if opts.json:
+        import json
+
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print_evaluation(result)
 
 
 BENCHMARKS = ("attention", "models", "linear")

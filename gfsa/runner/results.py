@@ -45,7 +45,10 @@ DEFAULT_IGNORE = (
 # Keys added to the config after runs were recorded without them, each with the value that computes what
 # those runs computed: at that value a key stays out of the run's identity, so older run directories keep
 # matching their configs (tests/data/run_dirs.json pins the run directories of every preset).
-ADDED_KEYS: dict[str, Any] = {}
+ADDED_KEYS: dict[str, Any] = {
+    # conf/config.yaml's early_stopping block, off (config.normalise resets its other keys when off).
+    "early_stopping": {"patience": None, "min_delta": 0.0, "monitor": None, "stopping_threshold": None},
+}
 # Config groups that make a run a variant of its baseline.
 VARIANT_GROUPS = ("gfsa", "method")
 BASELINE_GFSA = {"layers": "none"}
