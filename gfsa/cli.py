@@ -70,16 +70,20 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _check_composes(args: list[str]) -> None:
-    """A single run's overrides compose, or one line naming the unknown option (Hydra's own message
-    spans many lines and comes after Lightning has been imported)."""
+    """A single run's overrides compose and its values pass the config checks, or one line naming the
+    unknown option or the bad value (Hydra's own message spans many lines and comes after Lightning has
+    been imported)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
+
+    from gfsa.runner.config import normalise
 
     kept = [a for a in args if not a.lstrip("+~").startswith(("hydra.", "hydra/")) or a.startswith("hydra.searchpath=")]
     try:
         with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-            compose("config", overrides=kept)
+            cfg = compose("config", overrides=kept)
     except (HydraException, OmegaConfBaseException) as e:
         unknown = re.match(r"Could not override '([^']+)'", first_line(e, with_type=False))
         if unknown:
@@ -90,6 +94,14 @@ def _check_composes(args: list[str]) -> None:
         else:
             msg = first_lines(e, 2)
         fail(msg)
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:  # an interpolation only a running job resolves (${hydra:…}): checked there
+        return
+    try:
+        normalise(container)  # every value, before Lightning loads
+    except ConfigError as e:
+        fail(str(e))
 
 
 def _preflight(args: list[str]) -> None:

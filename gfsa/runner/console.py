@@ -49,13 +49,15 @@ HYDRA_FLAGS = {
 
 
 def overrides_from_agent_args(args: list[str]) -> list[str]:
-    """W&B's default sweep command passes ``--optim.lr=0.001``; Hydra takes ``optim.lr=0.001``. Python's
-    ``None`` (how the agent writes a null) becomes Hydra's ``null``; Hydra's own flags stay as they are."""
+    """W&B's default sweep command passes ``--optim.lr=0.001``; Hydra takes ``optim.lr=0.001``. A bare
+    ``None`` (how the agent writes a null in every argument style) becomes Hydra's ``null`` (quote it,
+    ``key='None'``, for the string); Hydra's own flags stay as they are."""
     out = []
     for a in args:
         if a.startswith("--") and "=" in a and a.split("=", 1)[0] not in HYDRA_FLAGS:
-            key, value = a[2:].split("=", 1)
-            a = f"{key}={'null' if value == 'None' else value}"
+            a = a[2:]
+        if not a.startswith("-") and a.endswith("=None"):
+            a = a[: -len("None")] + "null"
         out.append(a)
     return out
 
