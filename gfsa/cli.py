@@ -29,10 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     # report/analyze parse their own options (gfsa/ops/report/cli.py, gfsa/ops/analysis/cli.py; docs/reports.md)
     sub.add_parser("report", help="improvement tables and charts vs baselines and the paper", add_help=False)
     sub.add_parser("analyze", help="oversmoothing analysis of a trained run", add_help=False)
+    sub.add_parser("eval", help="score a run again from its best or last checkpoint (--help)", add_help=False)
     sub.add_parser("bench", help="performance benchmarks: attention | models | linear | all (--help)", add_help=False)
-    sub.add_parser(
-        "eval", help="score a run again from its checkpoint: gfsa eval RUN_DIR [--ckpt best|last]", add_help=False
-    )
     if argv[:1] == ["report"]:  # no Lightning on this path
         from gfsa.ops.report import main_cli as report_main
 
