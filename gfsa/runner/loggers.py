@@ -232,11 +232,14 @@ def finish_wandb(summary: dict | None = None) -> None:
             print(f"warning: closing the W&B run failed ({e!r}); the results record is unaffected", file=sys.stderr)
 
 
-def report_ended_to_agent(cfg: dict, values: dict, summary: dict) -> None:
+def report_ended_to_agent(cfg: dict, record: dict) -> None:
     """Under a W&B sweep agent, a config whose run already ended is not trained again, but the agent's
     run still gets its numbers (the recorded objective), so the search sees a value for these parameters."""
     if not under_wandb_agent():
         return
+    from gfsa.runner import results as R
+    from gfsa.runner.selection import objective
+
     entries = cfg.get("logger") or {}
     if "type" in entries and not isinstance(entries["type"], dict):
         entries = _legacy(entries)
@@ -246,6 +249,15 @@ def report_ended_to_agent(cfg: dict, values: dict, summary: dict) -> None:
     )
     if spec is None:
         return
+    rdir = R.run_dir(cfg)
+    values = placeholder_values(cfg, rdir, R.run_id(rdir), R.variant_name(cfg))
+    summary = {f"val/{k}": v["value"] for k, v in R.selected_metrics(record).items() if not k.startswith("_")}
+    comparison = record.get("comparison") or {}
+    summary |= {
+        "status": record["status"],
+        "objective": objective(record, cfg),
+        "improvement_pct": comparison.get("improvement_pct"),
+    }
     logger = instantiate_entry("logger", "wandb", fill_placeholders(spec, values))
     logger.experiment.summary.update({k: v for k, v in summary.items() if v is not None})
     finish_wandb()

@@ -89,18 +89,20 @@ def early_stopping(cfg: dict, task):
     )
 
 
-def checkpoint_facts(rdir: Path, history: list, record_best: dict) -> dict:
-    """The record's ``checkpoints``: which files hold the weights its ``metrics`` (last) and ``best``
-    describe, with the epoch and step of the validation that scored them."""
+def checkpoint_facts(rdir: Path, record: dict) -> dict:
+    """The record's ``checkpoints``: which files hold the weights its ``metrics`` (the last validation)
+    and ``best`` describe, with the epoch and step of the validation that scored them."""
     out = {}
-    last = rdir / "checkpoints" / LAST
-    if last.is_file() and history:
+    history = record["history"]
+    if (rdir / "checkpoints" / LAST).is_file() and history:
         out["last"] = {"path": f"checkpoints/{LAST}", "epoch": history[-1]["epoch"], "step": history[-1]["step"]}
-    best = rdir / "checkpoints" / BEST
-    if best.is_file() and record_best:
-        epoch = record_best["_epoch"]["value"]
-        step = next((h["step"] for h in history if h["epoch"] == epoch), None)
-        out["best"] = {"path": f"checkpoints/{BEST}", "epoch": epoch, "step": step}
+    primary = record["primary_metric"]
+    if (rdir / "checkpoints" / BEST).is_file() and history and primary in record["best"]:
+        # the validation build_record calls best: the first with the best value (ModelCheckpoint keeps the
+        # first too, replacing it only on a strict improvement)
+        sign = 1 if record["best"][primary]["direction"] == "up" else -1
+        best = max(history, key=lambda h: sign * h["metrics"].get(primary, -math.inf * sign))
+        out["best"] = {"path": f"checkpoints/{BEST}", "epoch": best["epoch"], "step": best["step"]}
     return out
 
 

@@ -156,9 +156,11 @@ def execute(p: Prepared, extra_callbacks: tuple = ()) -> dict | None:
         if trainer.is_global_zero:
             record = build_record(cfg, rdir, rid, variant, task, model, facts, history, timer, trainer, preemption)
             record["global_batch_size"] = global_batch
-            record["checkpoints"] = selection.checkpoint_facts(rdir, history.history, record["best"])
-            if stopper is not None and stopper.stopped_epoch:
-                record["early_stopping"] = {"epoch": stopper.stopped_epoch, "reason": stopper.stopping_reason_message}
+            record["checkpoints"] = selection.checkpoint_facts(rdir, record)
+            # stopping_reason_message: Lightning >= 2.6 (stopped_epoch is also 0 when it stopped at epoch 0)
+            reason = getattr(stopper, "stopping_reason_message", None)
+            if stopper is not None and (reason is not None or stopper.stopped_epoch):
+                record["early_stopping"] = {"epoch": stopper.stopped_epoch, "reason": reason}
             if diverged is not None:
                 record["status"] = R.DIVERGED
                 record["diverged"] = {
@@ -279,7 +281,7 @@ def run_job(cfg: DictConfig) -> dict | None:
     """One Hydra job: the baseline first when wanted, then the run, then the comparison table."""
     from gfsa.runner import selection
     from gfsa.runner.console import print_comparison, quiet_libraries
-    from gfsa.runner.loggers import placeholder_values, report_ended_to_agent, under_wandb_agent
+    from gfsa.runner.loggers import report_ended_to_agent, under_wandb_agent
 
     quiet_libraries()
     container = validate(OmegaConf.to_container(cfg, resolve=True))
@@ -302,16 +304,7 @@ def run_job(cfg: DictConfig) -> dict | None:
         record = execute(prepared)
     else:
         record = rundir.already(prepared, container)
-        rdir = R.run_dir(container)
-        values = placeholder_values(container, rdir, R.run_id(rdir), R.variant_name(container))
-        summary = {f"val/{k}": v["value"] for k, v in R.selected_metrics(record).items() if not k.startswith("_")}
-        comparison = record.get("comparison") or {}
-        summary |= {
-            "status": record["status"],
-            "objective": selection.objective(record, container),
-            "improvement_pct": comparison.get("improvement_pct"),
-        }
-        report_ended_to_agent(container, values, summary)
+        report_ended_to_agent(container, record)
     if record is None:
         return None
     if record.get("status") == R.DIVERGED:
