@@ -173,7 +173,7 @@ def evaluate_cli(argv: list[str]) -> None:
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="changes to the recorded config, e.g. task.data_dir=…"
     )
-    opts = parser.parse_args(argv)
+    opts = parser.parse_intermixed_args(argv)  # KEY=VALUE may come before or after the options
     from gfsa.runner.evaluate import evaluate, print_evaluation
 
     try:
