@@ -129,11 +129,11 @@ def execute(p: Prepared, extra_callbacks: tuple = ()) -> dict | None:
     facts = {**facts, "data_fingerprint": R.data_fingerprint(cfg["task"]["data_dir"])}
     try:
         resume = rundir.resume_from(cfg, ckpt_dir / selection.LAST, recipe)
-        for lg in loggers:  # the resolved config, as every logger keeps hyperparameters (W&B's run config)
-            lg.log_hyperparams(cfg)
-        # Reseed: a run trains the same whether or not its baseline trained first in this process.
-        L.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
-        with preemption.handling_signals():
+        with preemption.handling_signals():  # from the loggers' start on (W&B's run), a signal stops the run
+            for lg in loggers:  # the resolved config, as every logger keeps hyperparameters (W&B's run config)
+                lg.log_hyperparams(cfg)
+            # Reseed: a run trains the same whether or not its baseline trained first in this process.
+            L.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
             trainer.fit(recipe, datamodule=task, ckpt_path=resume)
             if trainer.interrupted:
                 raise KeyboardInterrupt
