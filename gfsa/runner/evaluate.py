@@ -64,6 +64,7 @@ def evaluate(
     from gfsa.runner.config import with_run_defaults
     from gfsa.runner.console import quiet_libraries
     from gfsa.runner.requeue import checkpoint_problem
+    from gfsa.zoo.tasks.base import eval_splits
 
     run_dir = Path(run_dir)
     record, why = R.read_record(run_dir)
@@ -77,11 +78,13 @@ def evaluate(
             "last": "the run was trained with checkpoint=false",
         }[name]
         raise ConfigError(f"no checkpoint {path}: {hint}")
-    cfg = _override(with_run_defaults(record["config"]), list(overrides))
-    # Score on this machine, in one process, with the run's limits and precision.
+    cfg = with_run_defaults(record["config"])
+    # Score on this machine's accelerator (trainer.accelerator=cpu among the overrides picks the CPU), in
+    # one process, with the run's limits and precision.
     t = cfg["trainer"]
     t |= {"accelerator": "auto", "devices": 1, "num_nodes": 1, "fast_dev_run": False, "enable_progress_bar": False}
     t.pop("strategy", None)
+    cfg = _override(cfg, list(overrides))
     quiet_libraries()
     out = sys.stderr if quiet else sys.stdout
     with contextlib.redirect_stdout(out), tempfile.TemporaryDirectory() as tmp:
@@ -90,6 +93,9 @@ def evaluate(
         cfg["paths"] = {**cfg["paths"], "results_dir": tmp}  # a folder without this run's record: prepare builds it
         prepared = prepare(cfg)
         assert isinstance(prepared, Prepared)
+        splits = eval_splits(prepared.task)
+        if split is not None and split not in splits:
+            raise ConfigError(f"--split {split}: this run's task evaluates {', '.join(splits)}")
         problem = checkpoint_problem(path, prepared.recipe)
         if problem:
             raise ConfigError(
@@ -97,9 +103,6 @@ def evaluate(
             )
         metrics = _validate(prepared, path, tmp)
     state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    from gfsa.zoo.tasks.base import eval_splits
-
-    splits = eval_splits(prepared.task)
     recorded = R.selected_metrics({**record, "selected_by": name})
     recorded = {k: v["value"] for k, v in recorded.items() if not k.startswith("_")}
     return {
