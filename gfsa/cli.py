@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     # report/analyze parse their own options (gfsa/ops/report/cli.py, gfsa/ops/analysis/cli.py; docs/reports.md)
     sub.add_parser("report", help="improvement tables and charts vs baselines and the paper", add_help=False)
     sub.add_parser("analyze", help="oversmoothing analysis of a trained run", add_help=False)
+    sub.add_parser("eval", help="score a run again from its best or last checkpoint (--help)", add_help=False)
     sub.add_parser("export", help="a trained run as a transformers or timm model directory (--help)", add_help=False)
     sub.add_parser(
         "bench",
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> None:
         from gfsa.ops.analysis import main_cli as analyze_main
 
         analyze_main(argv[1:])
+        return
+    if argv[:1] == ["eval"]:
+        evaluate_cli(argv[1:])
         return
     if argv[:1] == ["export"]:
         from gfsa.ops.export import main_cli as export_main
@@ -82,15 +86,20 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _check_composes(args: list[str]) -> None:
-    """A single run's overrides compose, or one line naming the unknown option (Hydra's own message
-    spans many lines and comes after Lightning has been imported)."""
+    """A single run's overrides compose and its values pass the config checks, or one line naming the
+    unknown option or the bad value (Hydra's own message spans many lines and comes after Lightning has
+    been imported)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from gfsa.runner.config import normalise
+
+    kept = [a for a in args if not a.lstrip("+~").startswith(("hydra.", "hydra/")) or a.startswith("hydra.searchpath=")]
     try:
         with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-            compose("config", overrides=[a for a in args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))])
+            cfg = compose("config", overrides=kept)
     except (HydraException, OmegaConfBaseException) as e:
         unknown = re.match(r"Could not override '([^']+)'", first_line(e, with_type=False))
         if unknown:
@@ -101,6 +110,14 @@ def _check_composes(args: list[str]) -> None:
         else:
             msg = first_lines(e, 2)
         fail(msg)
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:  # an interpolation only a running job resolves (${hydra:…}): checked there
+        return
+    try:
+        normalise(container)  # every value, before Lightning loads
+    except ConfigError as e:
+        fail(str(e))
 
 
 def _preflight(args: list[str]) -> None:
@@ -117,25 +134,29 @@ def _preflight(args: list[str]) -> None:
 def run_main(argv: list[str] | None = None) -> None:
     """``python run.py [overrides]`` / ``gfsa run``: Hydra-composed runs with one-line errors for bad input."""
     import hydra
-    from omegaconf import DictConfig
+    from omegaconf import DictConfig, OmegaConf
 
-    from gfsa.runner.console import check_overrides
+    from gfsa.runner.console import check_overrides, overrides_from_agent_args, quiet_startup
     from gfsa.runner.rundir import disk_error
+    from gfsa.runner.selection import objective
     from gfsa.runner.train import DIVERGED_RUNS, EXIT_DIVERGED, run_job
 
     CONF_DIR = conf_dir()
-    args = sys.argv[1:] if argv is None else argv
+    args = overrides_from_agent_args(sys.argv[1:] if argv is None else argv)  # W&B agents pass --key=value
     check_overrides(args, CONF_DIR)
     if not any(a.startswith("-") for a in args):  # single runs: report a bad key in one line
         _check_composes(args)
     elif "-m" in args or "--multirun" in args:
         _preflight(args)
     sys.argv = [sys.argv[0], *args]
+    quiet_startup()
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-    def _job(cfg: DictConfig):
+    def _job(cfg: DictConfig) -> float | None:
+        """Returns the objective (run.objective): what a sweeper that optimises (Optuna) reads."""
         try:
-            return run_job(cfg)
+            record = run_job(cfg)
+            return objective(record, OmegaConf.to_container(cfg, resolve=True)) if record else None
         except ConfigError as e:
             fail(str(e))
         except OSError as e:  # the filesystem refused something outside training (e.g. a full disk)
@@ -147,6 +168,42 @@ def run_main(argv: list[str] | None = None) -> None:
     _job()
     if DIVERGED_RUNS:
         sys.exit(EXIT_DIVERGED)
+
+
+def evaluate_cli(argv: list[str]) -> None:
+    """``gfsa eval RUN_DIR [--ckpt best|last] [--split NAME] [--json] [KEY=VALUE ...]``."""
+    parser = argparse.ArgumentParser(
+        prog="gfsa eval",
+        description="Score a finished run again from its checkpoint, on the validation it was scored on "
+        "(the record's trainer limits and precision): the numbers equal its result.json's for that checkpoint.",
+        epilog="examples: gfsa eval results/vit_mini/digits/gfsa-selected-K3-seed0-… --ckpt best --json | "
+        "gfsa eval RUN task.data_dir=/data/imagenet",
+    )
+    parser.add_argument("run_dir", type=Path, help="a run directory (with result.json and checkpoints/)")
+    parser.add_argument(
+        "--ckpt",
+        choices=("best", "last"),
+        help="checkpoints/best.ckpt (best validation of the primary metric) or last.ckpt (the end of training); "
+        "default: the one the record reports (task.metric_select)",
+    )
+    parser.add_argument("--split", help="only this evaluation split's metrics (the task's eval splits, e.g. val, test)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object to stdout, nothing else")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="changes to the recorded config, e.g. task.data_dir=…"
+    )
+    opts = parser.parse_intermixed_args(argv)  # KEY=VALUE may come before or after the options
+    from gfsa.runner.evaluate import evaluate, print_evaluation
+
+    try:
+        result = evaluate(opts.run_dir, ckpt=opts.ckpt, split=opts.split, overrides=opts.overrides, quiet=opts.json)
+    except ConfigError as e:
+        fail(str(e))
+    if opts.json:
+        import json
+
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print_evaluation(result)
 
 
 BENCHMARKS = ("attention", "models", "linear", "decode")

@@ -20,6 +20,9 @@ GOLDEN = REPO / "tests" / "data" / "golden_record.json"
 GOLDEN_RUN = [*FAST, "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "gfsa.layers=selected"]
 GOLDEN_RUN += ["gfsa.wK=0.2", "with_baseline=false"]
 VOLATILE = {"timing", "host", "git", "versions", "finished_at"}
+# Record fields added since, that describe what the run left rather than what it computed: which
+# checkpoint holds the weights of `metrics` and of `best` (best.ckpt beside last.ckpt).
+ADDED_FIELDS = {"checkpoints"}
 # Config keys renamed on purpose since (they name nothing a run computes): analysis → callbacks. The
 # config is compared as what it computes (results.canonical: how a run executes, e.g. run.*, is left out).
 RENAMED = {"analysis", "callbacks"}
@@ -82,7 +85,7 @@ def test_light_modules_import_no_torch():
 def _comparable(record: dict, root: str = "<results>") -> dict:
     from gfsa.runner import results as R
 
-    out = {k: v for k, v in record.items() if k not in VOLATILE}
+    out = {k: v for k, v in record.items() if k not in VOLATILE | ADDED_FIELDS}
     out["config"] = {k: v for k, v in R.canonical(out["config"]).items() if k not in RENAMED}
     return json.loads(json.dumps(out, sort_keys=True).replace(root, "<results>"))
 

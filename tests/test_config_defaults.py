@@ -54,6 +54,7 @@ OPTIONAL = {
     ("gfsa/zoo/backbones/timm_models.py", "depth"): "DeiT backbones only (conf/backbone/deit.yaml: null)",
     ("gfsa/zoo/methods/__init__.py", "method"): "~method drops the group: no compared method",
     ("gfsa/runner/train.py", "callbacks"): "~callbacks drops the group: no extra callbacks",
+    ("gfsa/runner/loggers.py", "logger"): "~logger drops the group: no logger",
 }
 # Keys that only some options of one type define (each one is in OPTIONAL, read with .get).
 TYPE_EXTRAS = {("backbone", "timm"): {"depth"}}
@@ -64,7 +65,7 @@ def composed() -> dict[str, dict]:
     """The resolved config of every option of every group, of every preset, and with a group dropped."""
     cases = [[f"{g}={o}"] for g in GROUPS for o in group_options(CONF_DIR, g)]
     cases += [[f"preset={p}"] for p in group_options(CONF_DIR, "preset")]
-    cases += [["~method"], ["~callbacks"]]
+    cases += [["~method"], ["~callbacks"], ["~logger"]]
     out = {}
     for overrides in cases:
         cfg = OmegaConf.to_container(compose(overrides), resolve=True)

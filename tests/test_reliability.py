@@ -409,11 +409,11 @@ def test_a_read_only_results_dir(tmp_path, namespaces):
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, namespaces):
-    """A 4 MB disk holds the first epoch's checkpoint (~2.4 MB) but not the second beside it: one line,
-    the first checkpoint kept to resume from, no partial file."""
+    """A 6 MB disk holds the first epoch's checkpoints (best.ckpt and last.ckpt, ~2.4 MB each) but not a
+    third beside them: one line, the first epoch's checkpoint kept to resume from, no partial file."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    script = f'mount -t tmpfs -o size=4m tmpfs {disk}; code=0; "$@" || code=$?; find {disk} >&2; exit $code'
+    script = f'mount -t tmpfs -o size=6m tmpfs {disk}; code=0; "$@" || code=$?; find {disk} >&2; exit $code'
     args = [*FAST, "trainer.max_epochs=2", "gfsa.layers=none", f"paths.results_dir={disk}"]
     out = cli(*args, prefix=_in_namespace(script))
     line = one_line_error(out)

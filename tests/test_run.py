@@ -162,7 +162,10 @@ def test_data_dir_without_splits(results_dir, tmp_path):
     "args, message",
     [
         (["backbone=nope"], "unknown backbone 'nope'; choose one of:"),
-        (["logger=tensorboard"], "unknown logger 'tensorboard'; choose one of: csv, none, wandb"),
+        (
+            ["logger=tensorbored"],
+            "unknown logger 'tensorbored'; choose one of: csv, many, mlflow, none, tensorboard, wandb",
+        ),
         (["gfsa.K=0"], "gfsa.K=0"),
         (["gfsa.layrs=all"], "unknown option 'gfsa.layrs'"),
     ],

@@ -53,6 +53,13 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 # optim.schedule=timm_cosine reads these (conf/optim/deit.yaml sets them; conf/optim/adamw.yaml has no such schedule).
 TIMM_COSINE_KEYS = ("schedule_interval", "warmup_epochs", "warmup_lr", "min_lr")
 RESUME = ("auto", "restart")
+# Trainer arguments the run path sets itself, with where each is configured instead.
+RESERVED_TRAINER = {
+    "logger": "loggers are the logger group's: logger=wandb|csv|tensorboard|mlflow|many|none (conf/logger/)",
+    "callbacks": "callbacks are the callbacks group's: +callbacks.<name>._target_=… (conf/callbacks/)",
+    "default_root_dir": "a run writes into its own run directory under paths.results_dir",
+    "enable_checkpointing": "the run's checkpoints (last.ckpt, best.ckpt) are turned off with checkpoint=false",
+}
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -115,6 +122,9 @@ def gfsa_settings(g: dict) -> GFSASettings:
 
 def _trainer(t: dict) -> dict:
     t = dict(t)
+    for key, instead in RESERVED_TRAINER.items():
+        if key in t:
+            raise ConfigError(f"trainer.{key} is set by the run path: {instead}")
     for key in ("max_epochs", "max_steps"):
         if t[key] is not None:
             t[key] = _int(f"trainer.{key}", t[key], low=-1, what="an integer (-1: no limit)")
@@ -215,8 +225,42 @@ def _no_decay(v: Any) -> list[str]:
     return sorted({e.strip() for e in v})
 
 
+def metric_name(v: Any) -> str | None:
+    """A metric as the record names it: ``val/acc`` and ``acc`` are one name."""
+    if v is None:
+        return None
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError(v)
+    v = v.strip()
+    return v.removeprefix("val/")
+
+
+def _early_stopping(es: dict) -> dict:
+    es = dict(es)
+    if es["patience"] is not None:
+        es["patience"] = _int(
+            "early_stopping.patience", es["patience"], low=0, what="a number of validations (or null)"
+        )
+    es["min_delta"] = _number("early_stopping.min_delta", es["min_delta"], low=0)
+    if es["stopping_threshold"] is not None:
+        es["stopping_threshold"] = _number("early_stopping.stopping_threshold", es["stopping_threshold"])
+    try:
+        es["monitor"] = metric_name(es["monitor"])
+    except ValueError:
+        raise ConfigError(
+            f"early_stopping.monitor={es['monitor']!r}: a metric name such as acc or loss (or null)"
+        ) from None
+    if es["patience"] is None and es["stopping_threshold"] is None:  # off: the other keys change nothing
+        es["min_delta"], es["monitor"] = 0.0, None
+    return es
+
+
 def _run(r: dict) -> dict:
     r = dict(r)
+    try:
+        r["objective"] = metric_name(r["objective"])
+    except ValueError:
+        raise ConfigError(f"run.objective={r['objective']!r}: a metric name such as acc or loss (or null)") from None
     if r["lock_timeout"] is not None:
         r["lock_timeout"] = _number("run.lock_timeout", r["lock_timeout"], low=0)
     if not isinstance(r["ignore"], list):
@@ -226,7 +270,8 @@ def _run(r: dict) -> dict:
 
 
 def _backbone(b: dict) -> dict:
-    if b["type"] == "hf" and b["pretrained"] is None:  # the task's tokenizer follows it: say it first
+    # An hf backbone without a model: said first (the task's tokenizer follows it). _target_ ones have no type.
+    if "_target_" not in b and b["type"] == "hf" and b["pretrained"] is None:
         raise ConfigError(
             f"backbone.pretrained is not set: backbone={b['name']} loads any transformers model, pass "
             "backbone.pretrained=<hub id or local dir written by save_pretrained>"
@@ -243,6 +288,7 @@ def normalise(cfg: dict) -> dict:
     cfg["checkpoint"] = _flag("checkpoint", cfg["checkpoint"])
     cfg["resume"] = _choice("resume", str(cfg["resume"]).lower(), RESUME)
     cfg["run"] = _run(cfg["run"])
+    cfg["early_stopping"] = _early_stopping(cfg["early_stopping"])
     cfg["gfsa"] = gfsa_settings(cfg["gfsa"]).to_config()
     for group, check in (("trainer", _trainer), ("task", _task), ("optim", _optim), ("backbone", _backbone)):
         cfg[group] = check(cfg[group])

@@ -1,7 +1,11 @@
-"""String-keyed registries of tasks, backbones and recipes, resolved lazily.
+"""String-keyed registries of tasks, backbones and recipes, resolved lazily, and ``_target_`` for your own.
 
 Values are ``"module:attribute"`` strings so that listing or validating names never imports
-timm, transformers or torch_geometric. A conf file names its builder with ``type:``.
+timm, transformers or torch_geometric. A conf file names its builder with ``type:`` (a name here) or
+with ``_target_:`` (the dotted path of a class or function in any importable package: a task, backbone
+or recipe of your own without editing gfsa; docs/extending.md). ``_target_`` is called exactly as a
+registered builder is (a Task class with its config; a backbone builder with its config and the task),
+not with Hydra's keyword arguments: the group's keys stay one config the task reads.
 """
 
 from __future__ import annotations
@@ -48,9 +52,47 @@ RECIPES: dict[str, str] = {
 _KINDS = {"task": TASKS, "backbone": BACKBONES, "recipe": RECIPES}
 
 
-def resolve(kind: str, name: str) -> Any:
+def _import(kind: str, option: str, path: str) -> Any:
+    """``pkg.module.Name`` or ``pkg.module:Name``, or a one-line error naming the option."""
+    module, sep, attr = path.partition(":")
+    if not sep:
+        module, _, attr = path.rpartition(".")
+    if not module or not attr:
+        raise ConfigError(f"{option}={path}: expected a dotted path to a class or function, e.g. my_pkg.tasks.MyTask")
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(f"{option}={path}: cannot import {module} ({e}); is its package on PYTHONPATH?") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{option}={path}: {module} has no {attr}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def resolve(kind: str, name: Any) -> Any:
+    """The builder a registry name stands for; a dotted path (``my_pkg.recipes.MyRecipe``, e.g. a task's
+    ``recipe``) or the object itself are taken as they are."""
+    if not isinstance(name, str):
+        return name
     table = _KINDS[kind]
-    if name not in table:
-        raise ConfigError(f"unknown {kind} type '{name}'; known: {', '.join(sorted(table))}")
-    module, _, attr = table[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    if name in table:
+        module, _, attr = table[name].partition(":")
+        return getattr(importlib.import_module(module), attr)
+    if "." in name or ":" in name:
+        return _import(kind, f"{kind} {name}", name)
+    raise ConfigError(f"unknown {kind} type '{name}'; known: {', '.join(sorted(table))} (or a _target_ of your own)")
+
+
+def builder(kind: str, group: dict) -> Any:
+    """The builder a task or backbone group names: ``type`` (a registry name) or ``_target_`` (a dotted path)."""
+    if "_target_" in group:
+        if "type" in group and group["type"] is not None:
+            raise ConfigError(
+                f"{kind} sets both type={group['type']} and _target_={group['_target_']}: keep one "
+                f"(~{kind}.type on the command line drops the preset's type)"
+            )
+        return _import(kind, f"{kind}._target_", str(group["_target_"]))
+    if "type" not in group:
+        raise ConfigError(f"{kind} names no builder: set {kind}.type (a registered name) or {kind}._target_")
+    return resolve(kind, group["type"])

@@ -28,6 +28,17 @@ def locate(path: str | Path, ckpt: str = "last") -> tuple[Path, dict, Path]:
     return run_dir, record, checkpoint
 
 
+def rebuild(cfg: dict):
+    """The run's :class:`~gfsa.runner.train.Prepared` (task, model, recipe) from its normalised config, built
+    against an empty results folder (so the run's own record does not count as already finished)."""
+    from gfsa.runner.train import Prepared, prepare
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = prepare({**cfg, "paths": {**cfg["paths"], "results_dir": tmp}})
+    assert isinstance(prepared, Prepared)
+    return prepared
+
+
 def restore(record: dict, checkpoint: Path, check=None):
     """The run's :class:`~gfsa.runner.train.Prepared` (task, model, recipe) with the checkpoint's weights.
     ``check(prepared)`` runs before the checkpoint is read: a caller's own refusal comes first."""
@@ -35,13 +46,8 @@ def restore(record: dict, checkpoint: Path, check=None):
 
     from gfsa.runner.config import with_run_defaults
     from gfsa.runner.requeue import checkpoint_problem
-    from gfsa.runner.train import Prepared, prepare
 
-    cfg = with_run_defaults(record["config"])
-    with tempfile.TemporaryDirectory() as tmp:  # a results dir without this run's record: prepare builds it
-        cfg["paths"] = {**cfg["paths"], "results_dir": tmp}
-        prepared = prepare(cfg)
-    assert isinstance(prepared, Prepared)
+    prepared = rebuild(with_run_defaults(record["config"]))
     if check is not None:
         check(prepared)
     problem = checkpoint_problem(checkpoint, prepared.recipe)

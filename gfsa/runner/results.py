@@ -62,6 +62,8 @@ ADDED_KEYS: dict[str, Any] = {
     "task.average_by": "acc",
     "task.test_decoding": None,
     "task.lm_checkpoint": None,
+    # conf/config.yaml's early_stopping block, off (config.normalise resets its other keys when off).
+    "early_stopping": {"patience": None, "min_delta": 0.0, "monitor": None, "stopping_threshold": None},
 }
 # Config groups that make a run a variant of its baseline.
 VARIANT_GROUPS = ("gfsa", "method")

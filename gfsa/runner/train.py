@@ -18,7 +18,8 @@ from gfsa.runner import rundir
 from gfsa.runner.config import gfsa_settings, normalise
 from gfsa.runner.environment import apply_global_batch, check_environment, cluster_plugins
 from gfsa.runner.record import build_record
-from gfsa.runner.registry import resolve
+from gfsa.runner.registry import builder, resolve
+from gfsa.runner.selection import check_metric_options
 from gfsa.utils.errors import ConfigError, first_line
 
 
@@ -58,10 +59,11 @@ def prepare(cfg: DictConfig | dict) -> Prepared | dict:
 
     L.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
     task_cfg = OmegaConf.create(cfg["task"])
-    task = resolve("task", task_cfg.type)(task_cfg)
+    task = builder("task", cfg["task"])(task_cfg)
     task.check()
     task.setup("fit")
-    model = resolve("backbone", cfg["backbone"]["type"])(OmegaConf.create(cfg["backbone"]), task)
+    check_metric_options(cfg, task)
+    model = builder("backbone", cfg["backbone"])(OmegaConf.create(cfg["backbone"]), task)
     if not R.is_baseline(cfg):
         try:
             gfsa.patch(patch_target(model), settings=gfsa_settings(cfg["gfsa"]))
@@ -94,7 +96,8 @@ def execute(p: Prepared, extra_callbacks: tuple = ()) -> dict | None:
     for this one (the run directory's lock), then finds its record."""
     import lightning as L
 
-    from gfsa.runner.loggers import finish_wandb, make_logger
+    from gfsa.runner import selection
+    from gfsa.runner.loggers import finish_wandb, make_loggers, placeholder_values
     from gfsa.runner.requeue import Preemption
     from gfsa.zoo.recipes.common import Diverged, DivergenceGuard, StepTimer, ValidationHistory
 
@@ -103,18 +106,20 @@ def execute(p: Prepared, extra_callbacks: tuple = ()) -> dict | None:
     if trainer_cfg["fast_dev_run"]:
         return _smoke(p, extra_callbacks)
     rid = R.run_id(rdir)
+    loggers = make_loggers(cfg, placeholder_values(cfg, rdir, rid, variant))
     history, timer = ValidationHistory(), StepTimer()
     callbacks = [history, timer, DivergenceGuard(), *extra_callbacks]
-    callbacks += configured_callbacks(cfg)
+    callbacks += configured_callbacks(cfg, has_logger=bool(loggers))
+    stopper = selection.early_stopping(cfg, task)
     ckpt_dir = rdir / "checkpoints"
     # last.ckpt at every epoch end (checkpoint: true) and when a signal (time limit, preemption, Ctrl-C)
     # stops the run; the same command resumes from it to the same metrics (gfsa/requeue.py).
-    preemption = Preemption(ckpt_dir / "last.ckpt", every_epoch=bool(cfg["checkpoint"]))
-    callbacks.append(preemption)
+    preemption = Preemption(ckpt_dir / selection.LAST, every_epoch=bool(cfg["checkpoint"]))
+    best = selection.best_checkpoint(cfg, task, ckpt_dir)
+    callbacks += [c for c in (stopper, preemption, best) if c is not None]
     if str(trainer_cfg["accumulate_grad_batches"]).lower() == "auto":
         trainer_cfg["accumulate_grad_batches"] = 1  # apply_global_batch derives it
-    logger = make_logger(cfg, rdir, rid, f"{cfg['backbone']['name']}/{cfg['task']['name']}/{rdir.name}", variant)
-    trainer = _trainer(trainer_cfg, logger, callbacks, rdir)
+    trainer = _trainer(trainer_cfg, loggers or False, callbacks, rdir)
     if cfg["run"]["compile"]:
         model.compile()  # in place: the recipe, its checkpoints and the record see the same module
     global_batch = apply_global_batch(cfg, trainer)
@@ -122,15 +127,19 @@ def execute(p: Prepared, extra_callbacks: tuple = ()) -> dict | None:
     if isinstance(claim, dict):
         return rundir.already(claim)
     try:
-        resume = rundir.resume_from(cfg, ckpt_dir / "last.ckpt", recipe)
-        # Reseed: a run trains the same whether or not its baseline trained first in this process.
-        L.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
-        with preemption.handling_signals():
+        resume = rundir.resume_from(cfg, ckpt_dir / selection.LAST, recipe)
+        with preemption.handling_signals():  # from the loggers' start on (W&B's run), a signal stops the run
+            for lg in loggers:  # the resolved config, as every logger keeps hyperparameters (W&B's run config)
+                lg.log_hyperparams(cfg)
+            # Reseed: a run trains the same whether or not its baseline trained first in this process.
+            L.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
             trainer.fit(recipe, datamodule=task, ckpt_path=resume)
             if trainer.interrupted:
                 raise KeyboardInterrupt
-            if not history.history:  # e.g. check_val_every_n_epoch did not line up with max_epochs
+            if not history.history:  # e.g. max_steps stopped training before the first validation
                 trainer.validate(recipe, datamodule=task, verbose=False)
+                if best is not None:  # the one validation scored the final weights
+                    trainer.save_checkpoint(ckpt_dir / selection.BEST, weights_only=False)
         status, diverged = R.FINISHED, None
     except Diverged as d:
         status, diverged = R.DIVERGED, d
@@ -146,6 +155,11 @@ def execute(p: Prepared, extra_callbacks: tuple = ()) -> dict | None:
         if trainer.is_global_zero:
             record = build_record(cfg, rdir, rid, variant, task, model, facts, history, timer, trainer, preemption)
             record["global_batch_size"] = global_batch
+            record["checkpoints"] = selection.checkpoint_facts(rdir, record)
+            # stopping_reason_message: Lightning >= 2.6 (stopped_epoch is also 0 when it stopped at epoch 0)
+            reason = getattr(stopper, "stopping_reason_message", None)
+            if stopper is not None and (reason is not None or stopper.stopped_epoch):
+                record["early_stopping"] = {"epoch": stopper.stopped_epoch, "reason": reason}
             if diverged is not None:
                 record["status"] = R.DIVERGED
                 record["diverged"] = {
@@ -165,6 +179,7 @@ def execute(p: Prepared, extra_callbacks: tuple = ()) -> dict | None:
         finish_wandb(
             {
                 "status": status,
+                "objective": selection.objective(record, cfg) if record else None,
                 "improvement_pct": comparison.get("improvement_pct"),
                 "added_parameters": facts["added_parameters"],
                 "step_time_s": (record or {}).get("timing", {}).get("step_time_s"),
@@ -176,22 +191,22 @@ def execute(p: Prepared, extra_callbacks: tuple = ()) -> dict | None:
     return record
 
 
-def configured_callbacks(cfg: dict) -> list:
+def configured_callbacks(cfg: dict, has_logger: bool = True) -> list:
     """The ``callbacks`` group's entries, instantiated by Hydra (``_target_``): how a package above the
-    run path (``gfsa.ops.analysis``) or the user's own code adds a callback without editing gfsa."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
+    run path (``gfsa.ops.analysis``) or the user's own code adds a callback without editing gfsa.
+    Without a logger, the callbacks that only write to loggers are left out (Lightning refuses them)."""
+    from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor
+
+    from gfsa.runner.loggers import instantiate_entry
 
     out = []
     for name, spec in (cfg.get("callbacks") or {}).items():  # ~callbacks drops the group
         if not spec:
             continue
-        if not isinstance(spec, dict) or "_target_" not in spec:
-            raise ConfigError(f"callbacks.{name}: expected a mapping with _target_ (a callback class to instantiate)")
-        try:
-            out.append(instantiate(spec))
-        except InstantiationException as e:
-            raise ConfigError(f"callbacks.{name}: cannot instantiate {spec['_target_']} ({first_line(e)})") from None
+        callback = instantiate_entry("callbacks", name, spec)
+        if not has_logger and isinstance(callback, (LearningRateMonitor, DeviceStatsMonitor)):
+            continue
+        out.append(callback)
     return out
 
 
@@ -199,10 +214,11 @@ def _trainer(trainer_cfg: dict, logger, callbacks: list, root: Path):
     import lightning as L
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    trainer_cfg = dict(trainer_cfg)
+    plugins = trainer_cfg.pop("plugins", None) or []  # +trainer.plugins=[…]: Lightning's plugin names
+    plugins = [*cluster_plugins(), *(plugins if isinstance(plugins, list) else [plugins])]
     try:
-        return L.Trainer(
-            **trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(root), plugins=cluster_plugins()
-        )
+        return L.Trainer(**trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(root), plugins=plugins)
     except (TypeError, ValueError, MisconfigurationException) as e:  # Lightning's own checks of trainer.*
         raise ConfigError(f"trainer options rejected by Lightning: {first_line(e, with_type=False)}") from None
 
@@ -221,9 +237,14 @@ def _smoke(p: Prepared, extra_callbacks: tuple) -> None:
 
 def wants_baseline(cfg: dict) -> bool:
     """``with_baseline=auto`` trains a missing baseline first in single runs, never in sweeps
-    (a sweep lists its baselines as cells, and two jobs must not train the same one)."""
+    (a sweep lists its baselines as cells, and two jobs must not train the same one), W&B agents
+    included: an agent's run is one W&B run of its sweep."""
+    from gfsa.runner.loggers import under_wandb_agent
+
     mode = cfg["with_baseline"]
     if mode == "auto":
+        if under_wandb_agent():
+            return False
         try:
             from hydra.core.hydra_config import HydraConfig
             from hydra.types import RunMode
@@ -257,20 +278,32 @@ def _report_diverged(record: dict, is_baseline: bool) -> None:
 
 def run_job(cfg: DictConfig) -> dict | None:
     """One Hydra job: the baseline first when wanted, then the run, then the comparison table."""
-    from gfsa.runner.console import print_comparison
+    from gfsa.runner import selection
+    from gfsa.runner.console import print_comparison, quiet_libraries
+    from gfsa.runner.loggers import report_ended_to_agent, under_wandb_agent
 
+    quiet_libraries()
     container = validate(OmegaConf.to_container(cfg, resolve=True))
     prepared = prepare(container)  # every check of this run passes before its baseline trains
     if isinstance(prepared, Prepared):
         from gfsa.runner.requeue import ignore_warning_signals
 
         ignore_warning_signals()  # a job process: gfsa.runner.requeue acts on them while training, nobody else does
+        name = selection.objective_name(container, prepared.task)
+        selection.check_sweeper_direction(container, name, selection.direction_of(prepared.task, name) or "up")
     baseline = None
     if not R.is_baseline(container) and wants_baseline(container):
-        baseline = run(R.baseline_config(container))
+        base_cfg = R.baseline_config(container)
+        if under_wandb_agent():  # the agent's W&B run is this run's; the baseline keeps its record only
+            base_cfg["logger"] = {}
+        baseline = run(base_cfg)
         if baseline is not None and baseline.get("status") == R.DIVERGED:
             _report_diverged(baseline, is_baseline=True)
-    record = execute(prepared) if isinstance(prepared, Prepared) else rundir.already(prepared, container)
+    if isinstance(prepared, Prepared):
+        record = execute(prepared)
+    else:
+        record = rundir.already(prepared, container)
+        report_ended_to_agent(container, record)
     if record is None:
         return None
     if record.get("status") == R.DIVERGED:

@@ -104,6 +104,8 @@ def _check_cell(cfg: dict, launcher: Launcher, label: str) -> dict:
         ("task", cfg["task"].get("type"), TASKS),
         ("backbone", cfg["backbone"].get("type"), BACKBONES),
     ):
+        if "_target_" in cfg[kind]:  # a builder of the user's package: the job imports it (not this light path)
+            continue
         if name not in table:
             raise ConfigError(f"cell {label}: unknown {kind} type '{name}'; known: {', '.join(sorted(table))}")
     data_dir = cfg["task"].get("data_dir")

@@ -14,8 +14,9 @@ from gfsa.utils.errors import ConfigError, fail
 
 
 def _print_cells(p: Plan, title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from gfsa.runner.console import wide_console
 
     table = Table(title=title)
     for col in ("#", "cell", "run directory", "record"):
@@ -23,19 +24,20 @@ def _print_cells(p: Plan, title: str) -> None:
     for c in p.cells:
         rel = os.path.relpath(c.run_dir, p.results_dir)
         table.add_row(str(c.index), c.label, rel, ended(c) or "—")
-    Console().print(table)
+    wide_console().print(table)  # whole rows in a log file or a pipe too
 
 
 def _print_status(sweep: Path, rows: list[dict]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from gfsa.runner.console import wide_console
 
     table = Table(title=f"sweep {sweep}")
     for col in ("#", "cell", "state", "slurm task", "why"):
         table.add_column(col)
     for r in rows:
         table.add_row(str(r["index"]), r["label"], r["state"], r["task"] or "—", r["why"])
-    console = Console()
+    console = wide_console()
     console.print(table)
     counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
     console.print(", ".join(f"{s} {n}" for s, n in counts.items()))

@@ -1,6 +1,14 @@
 """An exponential moving average of the weights (timm's ModelEmaV3, DeiT's ``--model-ema``), kept
 next to the trained model and evaluated on the same validation batches as ``val/ema_<metric>`` (every
-evaluation split: ``val/ema_test_<metric>``)."""
+evaluation split: ``val/ema_test_<metric>``).
+
+Why timm's EMA and not Lightning's ``EMAWeightAveraging`` (2.6): Lightning's swaps the averaged weights
+into the module for the whole validation epoch and copies them over the trained weights when fit ends, so
+only the EMA is ever validated, ``trainer.test`` after fit tests the EMA and the raw weights are gone;
+DeiT (and timm's train.py) validate the raw model, which is what the paper's tables report, and keep the
+EMA beside it. Lightning's average also starts as a copy taken after the first optimizer step, DeiT's
+before it (at decay 0.99996 the two stay apart for a long time). Both update after every optimizer step
+(not every micro-batch) with ``ema = decay·ema + (1−decay)·w``."""
 
 from __future__ import annotations
 
@@ -24,6 +32,14 @@ class ModelEMA(L.Callback):
         self._step = -1
 
     def on_fit_start(self, trainer, pl_module):
+        self._ready(pl_module)
+
+    def on_validation_start(self, trainer, pl_module):
+        # A validate-only trainer (gfsa eval) has no fit start: the EMA comes from the checkpoint's state.
+        if self.ema is None or self._pending is not None:
+            self._ready(pl_module)
+
+    def _ready(self, pl_module):
         if self.ema is None:
             self.ema = ModelEmaV3(pl_module.model, decay=self.decay)
         if self._pending is not None:
