@@ -160,10 +160,15 @@ def test_final_evaluation_averages_the_best_checkpoints_by_token_accuracy(tmp_pa
         "task.decode_every=2",
         "task.test_decoding.beam_size=2",
         "gfsa.layers=none",
+        "early_stopping.patience=5",  # counts the validations that decode WER; the others pass
     ]
     record = run(compose(overrides, results_dir))
     history = record["history"]
     assert [h["epoch"] for h in history] == [0, 1, 2, 2] and "final" in history[-1]
+    # best.ckpt: the best WER among the validations that decoded it (epochs 1 and 2), not the final averaged model
+    wer_best = min((1, 2), key=lambda e: (history[e]["metrics"]["wer"], e))
+    assert record["checkpoints"]["best"]["epoch"] == wer_best
+    assert (Path(record["run_dir"]) / "checkpoints" / "best.ckpt").is_file()
     assert "wer" not in history[0]["metrics"] and "wer" in history[1]["metrics"] and "wer" in history[2]["metrics"]
     assert "test_clean_acc" not in history[0]["metrics"] and "acc" in history[0]["metrics"]
     best = sorted(range(3), key=lambda e: (history[e]["metrics"]["acc"], e), reverse=True)[:2]

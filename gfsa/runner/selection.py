@@ -50,12 +50,12 @@ def best_checkpoint(cfg: dict, task, ckpt_dir: Path):
     ``task.metric_select=best`` reports), beside ``last.ckpt`` (gfsa.runner.requeue owns that one).
     Overwritten in place (one file, no version suffix); its state rides in last.ckpt, so a resumed run
     keeps the best of every attempt."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from gfsa.runner.monitors import BestCheckpoint
 
     if not cfg["checkpoint"]:
         return None
     primary = task.primary_metric
-    return ModelCheckpoint(
+    return BestCheckpoint(
         dirpath=str(ckpt_dir),
         filename=BEST.removesuffix(".ckpt"),
         monitor=f"val/{primary}",
@@ -71,20 +71,19 @@ def best_checkpoint(cfg: dict, task, ckpt_dir: Path):
 def early_stopping(cfg: dict, task):
     """Lightning's EarlyStopping from the ``early_stopping`` block (None when off). Non-finite values are
     the divergence guard's (a diverged run is recorded as such), so ``check_finite`` is off here."""
-    from lightning.pytorch.callbacks import EarlyStopping
+    from gfsa.runner.monitors import ScoredEarlyStopping
 
     es = cfg["early_stopping"]
     if es["patience"] is None and es["stopping_threshold"] is None:
         return None
     name = es["monitor"] or task.primary_metric
-    return EarlyStopping(
+    return ScoredEarlyStopping(
         monitor=f"val/{name}",
         mode="max" if _checked(task, "early_stopping.monitor", name) == "up" else "min",
         patience=es["patience"] if es["patience"] is not None else 2**31 - 1,  # only the threshold stops it
         min_delta=float(es["min_delta"]),
         stopping_threshold=es["stopping_threshold"],
         check_finite=False,
-        strict=True,
         verbose=True,  # one line per validation: improved, or how long since it last did, then why it stopped
     )
 
@@ -98,11 +97,14 @@ def checkpoint_facts(rdir: Path, record: dict) -> dict:
         out["last"] = {"path": f"checkpoints/{LAST}", "epoch": history[-1]["epoch"], "step": history[-1]["step"]}
     primary = record["primary_metric"]
     if (rdir / "checkpoints" / BEST).is_file() and history and primary in record["best"]:
-        # the validation build_record calls best: the first with the best value (ModelCheckpoint keeps the
-        # first too, replacing it only on a strict improvement)
+        # the first validation with the best value (ModelCheckpoint keeps the first too, replacing it only on
+        # a strict improvement), among those that scored it in training: an ASR run's final evaluation of the
+        # averaged model is not in best.ckpt
         sign = 1 if record["best"][primary]["direction"] == "up" else -1
-        best = max(history, key=lambda h: sign * h["metrics"].get(primary, -math.inf * sign))
-        out["best"] = {"path": f"checkpoints/{BEST}", "epoch": best["epoch"], "step": best["step"]}
+        scored = [h for h in history if primary in h["metrics"] and "final" not in h]
+        if scored:
+            best = max(scored, key=lambda h: sign * h["metrics"][primary])
+            out["best"] = {"path": f"checkpoints/{BEST}", "epoch": best["epoch"], "step": best["step"]}
     return out
 
 
