@@ -381,11 +381,19 @@ def test_auto_table_by_device_precision_causality_and_head_size(monkeypatch):
 
 
 def test_default_table_sends_long_full_attention_to_the_flash_kernel():
-    """fp32 full attention at 2048 tokens: fused (materialized was 20–50% slower there), 1024: materialized."""
+    """The measured crossovers (docs/performance.md): fp32 full attention with d=64 at 2048 tokens is fused
+    (materialized was 20–50% slower there in issue 14's runs), d=128 materialized up to 2048; fp32 causal
+    crosses at 512; bf16 causal or not at 1024; everything at 4096 is fused."""
     for L, expected in ((512, "materialized"), (1024, "materialized"), (2048, "fused"), (4096, "fused")):
         assert dispatch.table_impl(torch.empty(1, 1, L, 64)) == expected, L
+    assert dispatch.table_impl(torch.empty(1, 1, 2048, 128)) == "materialized"
+    assert dispatch.table_impl(torch.empty(1, 1, 4096, 128)) == "fused"
+    assert dispatch.table_impl(torch.empty(1, 1, 512, 64), is_causal=True) == "materialized"
     assert dispatch.table_impl(torch.empty(1, 1, 1024, 64), is_causal=True) == "fused"
-    assert dispatch.table_impl(torch.empty(1, 1, 512, 64, dtype=torch.bfloat16), is_causal=True) == "materialized"
+    for L, expected in ((1024, "materialized"), (2048, "fused")):
+        for causal in (False, True):
+            q = torch.empty(1, 1, L, 64, dtype=torch.bfloat16)
+            assert dispatch.table_impl(q, is_causal=causal) == expected, (L, causal)
 
 
 @pytest.fixture

@@ -45,10 +45,9 @@ def _records(results_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(results_dir.rglob("result.json"))]
 
 
-def test_graphormer_zinc_baseline_and_gfsa_end_to_end(tmp_path, results_dir):
-    """The paper preset itself (K=2, dropout before the filter, polynomial decay to 1e-9), at a tiny size on CPU."""
-    data = write_zinc(tmp_path / "zinc")
-    common = [
+def _zinc_preset(data: Path) -> list[str]:
+    """The Graphormer ZINC preset on the CPU with every validation, reading ``data`` (no download)."""
+    return [
         *FAST,
         "preset=graph/graphormer_zinc",
         f"task.data_dir={data}",
@@ -57,8 +56,13 @@ def test_graphormer_zinc_baseline_and_gfsa_end_to_end(tmp_path, results_dir):
         "task.download=false",
         "trainer.precision=32-true",
         "trainer.check_val_every_n_epoch=1",
-        *TINY_GRAPHORMER,
     ]
+
+
+def test_graphormer_zinc_baseline_and_gfsa_end_to_end(tmp_path, results_dir):
+    """The paper preset itself (K=2, dropout before the filter, polynomial decay to 1e-9), at a tiny size on CPU."""
+    data = write_zinc(tmp_path / "zinc")
+    common = [*_zinc_preset(data), *TINY_GRAPHORMER]
     base = run(compose([*common, "gfsa.layers=none"], results_dir))
     record = run(compose([*common, "gfsa.layers=all"], results_dir))
     assert base["variant"] == "baseline" and record["variant"] == "gfsa"
@@ -433,17 +437,7 @@ def test_flag_and_single_hop_run_and_are_off_in_every_preset(tmp_path, results_d
         cfg = compose([f"preset=graph/{preset}"])
         assert cfg.task.flag.enabled is False
         assert cfg.backbone.get("edge_type", "multi_hop") == "multi_hop"
-    common = [
-        *FAST,
-        "preset=graph/graphormer_zinc",
-        f"task.data_dir={data}",
-        "task.batch_size=8",
-        "task.num_workers=0",
-        "task.download=false",
-        "trainer.precision=32-true",
-        "trainer.check_val_every_n_epoch=1",
-        "with_baseline=false",
-    ]
+    common = [*_zinc_preset(data), "with_baseline=false"]
     record = run(
         compose(
             [*common, *TINY_GRAPHORMER, "gfsa.layers=all", "task.flag.enabled=true", "backbone.edge_type=single_hop"],

@@ -24,20 +24,21 @@ from torch import Tensor
 # ``auto`` without dropout: the explicit-A blocks (``materialized``) up to the length given here, the flash
 # kernel (``fused``) above, by (device type, precision, attention) and head size (the nearest listed one).
 # A device or precision not listed always takes ``fused`` (GPU: SDPA's flash/memory-efficient kernels).
-# Conservative: where the two paths are within noise either is fine, and each entry is chosen so that
-# the path it picks is never more than ~10% behind the other at the lengths measured. The values come
-# from `gfsa bench attention --grid` (it prints this table; docs/performance.md): causal attention crosses
-# over earlier (the flash kernel skips the masked half, explicit blocks do not), and so does bf16/fp16.
-# A mask that is not causal counts as "full" (neither path skips anything). Provisional values (CPU fp32
-# full attention fused above 1024 tokens: materialized was 20–50% behind at 2048) until the grid is
-# measured on a quiet machine and on a GPU.
+# Conservative: where the two paths are within noise either is fine; each entry is chosen so that the path
+# it picks is not more than ~10% behind the other at the lengths measured. From two runs of
+# `gfsa bench attention --grid --threads 2` on a quiet 2-core CPU, 6 Dec 2026 (docs/performance.md):
+# causal attention crosses over earlier in fp32 (the flash kernel skips the masked half, explicit blocks do
+# not); bf16's explicit blocks win up to 1024 tokens causal or not; fp32 full attention at 2048 tokens is
+# within noise for d=64 (fused was 20–50% faster in issue 14's runs, and needs less memory: fused) and
+# materialized for d=128 in both runs. A mask that is not causal counts as "full" (neither path skips
+# anything). fp16 on CPU (emulated, rarely used) mirrors bf16 unmeasured.
 AUTO_EXPLICIT_MAX_LEN: dict[tuple[str, str, str], dict[int, int]] = {
-    ("cpu", "fp32", "full"): {64: 1024, 128: 1024},
+    ("cpu", "fp32", "full"): {64: 1024, 128: 2048},
     ("cpu", "fp32", "causal"): {64: 512, 128: 512},
     ("cpu", "bf16", "full"): {64: 1024, 128: 1024},
-    ("cpu", "bf16", "causal"): {64: 512, 128: 512},
+    ("cpu", "bf16", "causal"): {64: 1024, 128: 1024},
     ("cpu", "fp16", "full"): {64: 1024, 128: 1024},
-    ("cpu", "fp16", "causal"): {64: 512, 128: 512},
+    ("cpu", "fp16", "causal"): {64: 1024, 128: 1024},
 }
 PRECISIONS = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # anything else uses the fp32 entries
 

@@ -16,7 +16,7 @@ against the naive formula (float64 gradcheck):
   code's dropout semantics need.
 - ``auto``: ``materialized`` with attention dropout (exact official semantics); otherwise the faster
   of the two for the shape, from a table (``dispatch.AUTO_EXPLICIT_MAX_LEN``: on CPU the explicit blocks
-  up to 1024 tokens, 512 causal, the flash kernel above; on GPU ``fused``), or measured on first use
+  up to 1024 tokens or so, 512 causal in fp32, the flash kernel above; on GPU ``fused``), or measured on first use
   with ``GFSA_AUTOTUNE=1`` / ``gfsa.nn.dispatch.autotune(True)`` (docs/performance.md).
 
 ``gfsa_linear_attention`` is GFSA on Efficient Attention (a linear Transformer), O(n·d²).

@@ -209,8 +209,9 @@ def main(argv=None) -> dict:
     out = console()
     config = {"device": args.device, "dtype": args.dtype, "repeats": args.repeats, "new": args.new}
     config["arch"] = "fast" if args.fast else "gpt2-small"
+    env = environment(args)  # the load average before the runs
     rows = [run_context(args, c, out) for c in args.contexts]
-    result = {"config": config, "environment": environment(args), "rows": rows}
+    result = {"config": config, "environment": env, "rows": rows}
     noise = Noise(args.repeats)
     return finish(result, [table(rows, config, noise)], args, out, noise)
 
