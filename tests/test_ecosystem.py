@@ -169,6 +169,68 @@ def test_early_stopping_stops_the_run_and_names_its_directory_only_when_on(tmp_p
     assert not list(tmp_path.rglob("*seed3*"))
 
 
+def _fit_with_monitors(tmp_path: Path, acc_by_epoch: dict[int, float], epochs: int, patience: int):
+    """A real Trainer on a tiny regression whose validation logs ``val/acc`` only in the epochs of
+    ``acc_by_epoch`` (as ASR scores WER every ``task.decode_every`` epochs) and names what it scored in
+    ``validation_keys``, as the suite's recipes do."""
+    import lightning as L
+
+    from gfsa.runner.monitors import BestCheckpoint, ScoredEarlyStopping
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, _):
+            return self.layer(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, _):
+            self.log("val/loss", self.layer(batch[0]).pow(2).mean())
+            if self.current_epoch in acc_by_epoch:
+                self.log("val/acc", acc_by_epoch[self.current_epoch])
+
+        def on_validation_epoch_end(self):  # what this validation scored (Lightning keeps older values)
+            self.validation_keys = {"loss", *(["acc"] if self.current_epoch in acc_by_epoch else [])}
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=4)
+    best = BestCheckpoint(
+        dirpath=tmp_path, filename="best", monitor="val/acc", mode="max", enable_version_counter=False
+    )
+    stop = ScoredEarlyStopping(monitor="val/acc", mode="max", patience=patience, check_finite=False)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        callbacks=[best, stop],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+    )
+    trainer.fit(Module(), data, data)
+    return trainer, best
+
+
+def test_best_checkpoint_and_early_stopping_count_only_the_validations_that_score_their_metric(tmp_path):
+    """Epochs without a new val/acc are passed over, although Lightning still holds the last one: the best is
+    epoch 2's 0.9, and patience 2 counts epochs 4 and 6 (no improvement) and stops after epoch 6, not after
+    epochs 3 and 4 (the stale 0.9, then 0.8)."""
+    acc = {0: 0.5, 2: 0.9, 4: 0.8, 6: 0.7, 8: 0.95}
+    trainer, best = _fit_with_monitors(tmp_path / "a", acc, epochs=10, patience=2)
+    assert trainer.current_epoch == 7 and trainer.should_stop  # stopped at the end of epoch 6
+    assert float(best.best_model_score) == pytest.approx(0.9) and (tmp_path / "a" / "best.ckpt").is_file()
+    assert torch.load(tmp_path / "a" / "best.ckpt", weights_only=False)["epoch"] == 2
+
+
+def test_a_metric_that_no_validation_scores_is_said_at_the_end(tmp_path):
+    with pytest.warns(UserWarning, match="val/acc was scored by no validation of this run: no best.ckpt"):
+        _fit_with_monitors(tmp_path, {}, epochs=2, patience=1)
+    assert not (tmp_path / "best.ckpt").exists()
+
+
 # --------------------------------------------------------------------------------------------------
 # loggers and callbacks: _target_ entries
 
