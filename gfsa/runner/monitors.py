@@ -13,15 +13,12 @@ from __future__ import annotations
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
-PREFIX = "val/"
+from gfsa.zoo.recipes.common import validation_scored
 
 
 def scored_now(monitor: str, trainer, metrics) -> bool:
     """Whether the validation that just ended scored ``monitor`` (``val/<name>``)."""
-    if monitor not in metrics:
-        return False
-    keys = getattr(trainer.lightning_module, "validation_keys", None)
-    return keys is None or monitor.removeprefix(PREFIX) in keys
+    return monitor in metrics and validation_scored(trainer.lightning_module, monitor.removeprefix("val/"))
 
 
 def _never_scored(callback, trainer, scored: bool, what: str) -> None:

@@ -150,6 +150,14 @@ def lr_scheduler_step(module: L.LightningModule, scheduler, metric) -> None:
         scheduler.step(metric)
 
 
+def validation_scored(pl_module, name: str) -> bool:
+    """Whether the validation that just ended scored metric ``name`` (without ``val/``). Lightning keeps every
+    metric ever logged in callback_metrics: a recipe that scores some metrics only on some epochs (ASR: WER
+    every task.decode_every) names this epoch's in ``validation_keys``, so older values are not taken again."""
+    keys = getattr(pl_module, "validation_keys", None)
+    return keys is None or name in keys
+
+
 class ValidationHistory(L.Callback):
     """Validation metrics after every validation epoch (sanity checks excluded), as plain floats."""
 
@@ -167,11 +175,7 @@ class ValidationHistory(L.Callback):
             for k, v in trainer.callback_metrics.items()
             if k.startswith(self.prefix) and torch.as_tensor(v).numel() == 1
         }
-        # Lightning keeps every metric ever logged in callback_metrics: a recipe that scores some metrics only on
-        # some epochs (ASR: WER every task.decode_every) names this epoch's, so older values are not recorded again.
-        keys = getattr(pl_module, "validation_keys", None)
-        if keys is not None:
-            metrics = {k: v for k, v in metrics.items() if k in keys}
+        metrics = {k: v for k, v in metrics.items() if validation_scored(pl_module, k)}
         if metrics:
             self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "metrics": metrics})
 
